@@ -1,0 +1,74 @@
+"""leq_state: placeholder skeleton (being written)."""
+
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import tyro
+
+
+@dataclass
+class Args:
+    seed: int = 1
+    """random seed"""
+    device: str = "auto"
+    """'auto', 'cpu' or 'cuda'"""
+
+
+# ==== mirror: common (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when torch sees a GPU, else the CPU; an explicit 'cuda' without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(
+            f"--device {name} was asked for, but torch {torch.__version__} sees no CUDA device "
+            f"(built with CUDA {torch.version.cuda}). Run with --device cpu, or install a CUDA build of torch."
+        )
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def compile_step(fn, use_compile: bool, use_cudagraphs: bool, device: torch.device):
+    """The same step function eager, compiled, or compiled and captured as CUDA graphs.
+
+    CUDA-graph capture is asked for explicitly and fails loudly where it cannot work. Outputs of a
+    captured step are overwritten by the next call: clone what must outlive it."""
+    if use_cudagraphs and device.type != "cuda":
+        raise SystemExit(f"--cudagraphs needs a CUDA device, but the device is {device}. Drop --cudagraphs.")
+    if use_cudagraphs:
+        return torch.compile(fn, mode="reduce-overhead")
+    return torch.compile(fn) if use_compile else fn
+
+
+def atomic_save(obj, path) -> None:
+    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def software_versions() -> dict:
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__}
+# ==== end mirror: common ====
+
+
+def main(args: Args) -> None:
+    seed_everything(args.seed)
+    raise SystemExit("not implemented yet")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
