@@ -62,6 +62,42 @@ def atomic_save(obj, path) -> None:
 
 def software_versions() -> dict:
     return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__}
+
+
+def load_checkpoint(path, kind: str, fingerprint: str | None, device) -> dict:
+    """Load a checkpoint written with atomic_save as {"kind": ..., "fingerprint": ..., ...}.
+
+    Refuses, with a message that says what to do, a missing file, a checkpoint of another kind, or one
+    trained on another dataset (fingerprint=None skips that check)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"checkpoint {path} does not exist; check the path, or train one first.")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=False)
+    except Exception as error:  # a truncated or foreign file: say which, not a pickle traceback
+        raise SystemExit(f"checkpoint {path} cannot be read ({type(error).__name__}: {error}).") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("kind") != kind:
+        found = checkpoint.get("kind") if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise SystemExit(f"{path} is not a {kind} checkpoint (it holds: {found}).")
+    if fingerprint is not None and checkpoint.get("fingerprint") != fingerprint:
+        raise SystemExit(
+            f"{path} was trained on another dataset (fingerprint {checkpoint.get('fingerprint')}, this dataset "
+            f"is {fingerprint}). Pass the checkpoint trained on this data, or retrain on it."
+        )
+    return checkpoint
+
+
+def init_tracking(args, run_name: str):
+    """A wandb run when --track is given (CleanRL conventions: project, entity, run name, config), else None."""
+    if not args.track:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise SystemExit("--track needs wandb: pip install wandb (or drop --track).") from None
+    return wandb.init(
+        project=args.wandb_project_name, entity=args.wandb_entity, name=run_name, config=vars(args), save_code=True
+    )
 # ==== end mirror: common ====
 
 
