@@ -101,6 +101,36 @@ def init_tracking(args, run_name: str):
 # ==== end mirror: common ====
 
 
+# ==== mirror: returns (identical in leq_state.py, leq_pixel.py) ====
+def lambda_returns(q: torch.Tensor, rewards: torch.Tensor, alive: torch.Tensor, gamma: float, lam: float):
+    """λ-returns V_0..V_H of an imagined rollout, as the authors' code computes them (leq-spec §5).
+
+    q: [H+1, B] critic values Q(s_t, a_t); rewards: [H, B]; alive: [H+1, B], m_t = 1 until a termination
+    happens before step t (a continuation probability in the pixel model). V_t is the average of the
+    n-step returns n = 0..H-t (n = 0 is q_t itself) with weights λ^n normalised to sum to one; the paper's
+    Eq. (8) writes another normaliser, the code's is the one behind the tables.
+    """
+    horizon = rewards.shape[0]
+    values = [q[horizon]]
+    weight_sum = 1.0  # c_t = 1 + λ c_{t+1}, c_{H-1} = 1: the λ-weights of the returns longer than 0 steps
+    for t in range(horizon - 1, -1, -1):
+        one_step = alive[t] * rewards[t] + gamma * alive[t + 1] * values[-1]
+        values.append((q[t] + lam * weight_sum * one_step) / (1 + lam * weight_sum))
+        weight_sum = 1 + lam * weight_sum
+    return torch.stack(values[::-1])
+
+
+def expectile_weight(target: torch.Tensor, prediction: torch.Tensor, tau: float) -> torch.Tensor:
+    """|tau - 1(prediction > target)| (Eq. 1): tau where the target is above the prediction, else 1 - tau."""
+    return torch.where(target > prediction, tau, 1.0 - tau)
+
+
+def expectile_loss(target: torch.Tensor, prediction: torch.Tensor, tau: float) -> torch.Tensor:
+    """Elementwise L2_tau (Eq. 1): the squared error weighted by expectile_weight."""
+    return expectile_weight(target, prediction, tau) * (target - prediction).square()
+# ==== end mirror: returns ====
+
+
 def main(args: Args) -> None:
     seed_everything(args.seed)
     raise SystemExit("not implemented yet")
