@@ -27,10 +27,10 @@ def brute_force_lambda_returns(q, rewards, alive, gamma, lam):
 @pytest.mark.parametrize("horizon", [1, 3, 10])
 def test_lambda_returns_match_brute_force_with_terminations(horizon):
     gen = np.random.default_rng(horizon)
-    batch = 6
+    batch = 32
     q = gen.normal(size=(horizon + 1, batch))
     rewards = gen.normal(size=(horizon, batch))
-    terminated = gen.random((horizon, batch)) < 0.2  # term_t of (s_t, a_t, s_{t+1})
+    terminated = gen.random((horizon, batch)) < 1 - 0.5 ** (1 / horizon)  # term_t of (s_t, a_t, s_{t+1}); half survive
     alive = np.ones((horizon + 1, batch))
     for t in range(horizon):
         alive[t + 1] = alive[t] * (1 - terminated[t])
