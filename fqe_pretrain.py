@@ -1,8 +1,23 @@
-"""fqe_pretrain: placeholder skeleton (being written)."""
+"""fqe_pretrain.py: behaviour cloning and Fitted Q Evaluation, LEQ's pretraining (Algorithm 1 line 3).
+
+Paper: Park & Lee, "Model-based Offline Reinforcement Learning with Lower Expectile Q-Learning", Appendix A
+(BC for the actor, FQE of that actor for the critic; Table 19: without it the medium and ultra AntMazes collapse).
+Exact settings: leq-spec §4. BC 200k steps of batch 4096, Adam 3e-5, loss mean (tanh(mu(s)) - a)^2; then FQE of
+the BC policy, 200k steps of batch 256, Adam 1e-4, loss mean (Q(s,a) - y)^2 + mean (Q(s,a) - Q_bar(s,a))^2 with
+y = r + gamma * mask * sg Q(s', pi(s')) and Q_bar an EMA (rate 0.005) of Q; gamma is LEQ's 0.997.
+
+Writes one checkpoint (actor, critic, EMA critic, normalisation statistics, dataset fingerprint, args) that
+leq_state.py loads, then prints the sanity check: the FQE estimate of the BC policy's value at episode start
+states next to the policy's actual discounted return in the environment.
+
+    python fqe_pretrain.py --env-id pointmaze-umaze-diverse
+    python fqe_pretrain.py --env-id antmaze-umaze-diverse --dataset-path /path/to/dataset
+"""
 
 import os
 import random
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,10 +28,58 @@ import tyro
 
 @dataclass
 class Args:
+    env_id: str = "antmaze-umaze-diverse"
+    """task id (see collect_dataset.py for the list); pointmaze-* data is generated when missing"""
+    dataset_path: str | None = None
+    """where the offline dataset lives (None: the task's default location)"""
+    download: bool = False
+    """download the dataset when it is missing (where the task allows it)"""
     seed: int = 1
     """random seed"""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'"""
+    compile: bool | None = None
+    """torch.compile the BC and FQE steps (None: the measured-fastest default: on for CUDA, off on the CPU)"""
+    cudagraphs: bool = False
+    """capture the compiled steps as CUDA graphs (CUDA only)"""
+    track: bool = False
+    """log to Weights & Biases"""
+    wandb_project_name: str = "leq-pytorch"
+    """the wandb project"""
+    wandb_entity: str | None = None
+    """the wandb entity (team)"""
+    exp_name: str = "fqe_pretrain"
+    """the name of this experiment (part of the wandb run name)"""
+
+    gamma: float = 0.997
+    """discount factor: LEQ's (paper Table 9)"""
+    hidden_dim: int = 256
+    """width of the actor and critic hidden layers (paper: 256)"""
+    num_layers: int = 3
+    """number of hidden layers of the actor and critic (paper: 3)"""
+    bc_steps: int = 200_000
+    """behaviour-cloning gradient steps (leq-spec §4)"""
+    bc_batch_size: int = 4096
+    """behaviour-cloning batch size"""
+    bc_lr: float = 3e-5
+    """behaviour-cloning Adam learning rate"""
+    fqe_steps: int = 200_000
+    """FQE gradient steps (leq-spec §4)"""
+    fqe_batch_size: int = 256
+    """FQE batch size"""
+    fqe_lr: float = 1e-4
+    """FQE Adam learning rate"""
+    ema_rate: float = 0.005
+    """rate of the critic's EMA copy Q_bar (decay 0.995)"""
+    fqe_ema_on_next_state: bool = False
+    """regularise Q(s,a) toward Q_bar(s', pi(s')) as the authors' FQE code does, instead of Q_bar(s,a) (leq-spec)"""
+    eval_episodes: int = 100
+    """episodes of the final sanity check in the environment (0: skip it)"""
+    log_interval: int = 1000
+    """steps between progress-bar / wandb updates of the averaged losses"""
+    checkpoint_path: str | None = None
+    """where to write the checkpoint (None: checkpoints/pretrain/{env_id}__seed{seed}__{fingerprint[:10]}.pt,
+    where leq_state.py looks for it)"""
 
 
 # ==== mirror: common (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
@@ -101,9 +164,1207 @@ def init_tracking(args, run_name: str):
 # ==== end mirror: common ====
 
 
-def main(args: Args) -> None:
+# ==== mirror: task (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py) ====
+"""Everything about a state-based task: registry, datasets, termination functions, evaluation.
+
+    task = get_task("pointmaze-umaze-diverse")        # Task: family, obs/act dims, tau (paper Table 10), ...
+    data = load_dataset(task, dataset_path=None, download=False)   # OfflineData (flat float32 arrays)
+    done = make_termination_fn(task, data)(obs, act, next_obs)     # batched torch bool [B] (leq-spec §6)
+    result = evaluate(task, data, policy, num_episodes=10, seed=0) # mean/std/scores/returns (x100 scores)
+
+Dataset sources (`dataset_path`): None = the task's default (a Minari dataset; generated automatically for the
+datasets this project makes), a Minari id (e.g. "D4RL/antmaze/umaze-v1", "mujoco/hopper/medium-v0"), a
+D4RL-format .hdf5 file (D4RL locomotion/antmaze, TAP antmaze-ultra) or a NeoRL .npz file. The reward LEQ and
+FQE train on is `rewards * reward_scale + reward_shift` (leq-spec §1); `rewards` stay raw for the world model.
+"""
+import hashlib
+import warnings
+from collections import deque
+
+MAZE_LAYOUTS = {  # 1 = wall, 0 = free; rows in D4RL's order (gymnasium-robotics draws row 0 at the top, +y)
+    "umaze": [[1, 1, 1, 1, 1], [1, 0, 0, 0, 1], [1, 1, 1, 0, 1], [1, 0, 0, 0, 1], [1, 1, 1, 1, 1]],
+    "medium": [
+        [1, 1, 1, 1, 1, 1, 1, 1], [1, 0, 0, 1, 1, 0, 0, 1], [1, 0, 0, 1, 0, 0, 0, 1], [1, 1, 0, 0, 0, 1, 1, 1],
+        [1, 0, 0, 1, 0, 0, 0, 1], [1, 0, 1, 0, 0, 1, 0, 1], [1, 0, 0, 0, 1, 0, 0, 1], [1, 1, 1, 1, 1, 1, 1, 1],
+    ],
+    "large": [
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1],
+        [1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1], [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
+        [1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1], [1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1],
+        [1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1], [1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1],
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    ],
+    "ultra": [  # LEQ's ULTRA_MAZE_TEST, 12 x 16 (datasets-and-envs.md §2.7)
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1],
+        [1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 0, 1, 0, 1], [1, 0, 1, 1, 1, 0, 1, 0, 0, 0, 0, 1, 0, 1, 0, 1],
+        [1, 0, 0, 0, 1, 0, 1, 1, 0, 1, 1, 1, 0, 1, 0, 1], [1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, 1, 1, 0, 1, 1], [1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 0, 0, 1, 0, 1, 1],
+        [1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 1], [1, 1, 0, 1, 1, 0, 1, 0, 0, 0, 1, 1, 1, 1, 0, 1],
+        [1, 1, 0, 1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    ],
+}
+MAZE_START_GOAL_CELLS = {"umaze": ((1, 1), (3, 1)), "medium": ((1, 1), (6, 6)), "large": ((1, 1), (7, 9)),
+                         "ultra": ((1, 1), (10, 14))}  # D4RL's eval start and goal (row, column)
+# Minari's D4RL/antmaze/umaze data map puts the goal at (1,1) and the start at (3,1): the same U with the rows
+# reversed, i.e. D4RL's umaze moved without mirroring (datasets-and-envs.md §2.4). We evaluate on that map.
+MINARI_ANTMAZE_UMAZE_START_GOAL = ((3, 1), (1, 1))
+MAZE_SCALING = {"antmaze": 4.0, "pointmaze": 1.0}  # metres per cell (hard-coded in gymnasium-robotics)
+# Mean D4RL eval goals in the D4RL frame ((0,0) = start cell centre, y grows with the row), leq-spec §6.
+D4RL_ANTMAZE_GOAL_CENTRES = {"umaze": (0.75, 8.75), "medium": (20.75, 20.75), "large": (32.75, 24.75),
+                             "ultra": (52.75, 36.75)}
+PLAY_GOAL_CELLS = {  # "play" data: goals from these few cells only ("diverse": from every free cell)
+    "umaze": [(1, 1), (1, 3), (3, 1)],
+    "medium": [(1, 1), (2, 6), (5, 1), (6, 5), (6, 6)],
+    "large": [(1, 1), (1, 6), (3, 5), (3, 10), (5, 2), (7, 4), (7, 6), (7, 9)],
+    "ultra": [(1, 1), (1, 14), (3, 9), (5, 3), (5, 13), (8, 5), (8, 11), (10, 4), (10, 14)],
+}
+POINTMAZE_EPISODE_STEPS = {"umaze": 300, "medium": 600, "large": 800, "ultra": 1600}  # gymnasium-robotics; ultra 2x large, as antmaze
+ANTMAZE_EPISODE_STEPS = {"umaze": 700, "medium": 1000, "large": 1000, "ultra": 2000}  # D4RL episode lengths
+MINARI_ANTMAZE_IDS = {"umaze": "D4RL/antmaze/umaze-v1", "umaze-diverse": "D4RL/antmaze/umaze-diverse-v1",
+                      "medium-play": "D4RL/antmaze/medium-play-v1", "medium-diverse": "D4RL/antmaze/medium-diverse-v1",
+                      "large-play": "D4RL/antmaze/large-play-v1", "large-diverse": "D4RL/antmaze/large-diverse-v1"}
+TAP_ULTRA_URL = "https://github.com/ZhengyaoJiang/d4rl/releases/download/public/Ant_maze_ultra_noisy_multistart_True_multigoal_{}_sparse.hdf5"
+ROBOTS = {  # gymnasium class name, action dim, obs dim (D4RL layout), obs dim (NeoRL layout, with x)
+    "hopper": ("Hopper", 3, 11, 12), "walker2d": ("Walker2d", 6, 17, 18), "halfcheetah": ("HalfCheetah", 6, 17, 18)}
+D4RL_REF_RETURNS = {"hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3),
+                    "halfcheetah": (-280.178953, 12135.0)}  # (random, expert), d4rl/gym_mujoco/__init__.py
+NEORL_REF_RETURNS = {"hopper": (5.0, 3294.0), "walker2d": (1.0, 5143.0), "halfcheetah": (-298.0, 12284.0)}  # leq-spec §1
+TAU_TABLE_10 = {  # paper Table 10; 0.1 where the paper has no entry
+    "antmaze-umaze": 0.1, "antmaze-umaze-diverse": 0.1, "antmaze-medium-play": 0.3, "antmaze-medium-diverse": 0.1,
+    "antmaze-large-play": 0.3, "antmaze-large-diverse": 0.3, "antmaze-ultra-play": 0.1, "antmaze-ultra-diverse": 0.1,
+    "hopper-random": 0.1, "hopper-medium": 0.1, "hopper-medium-replay": 0.3, "hopper-medium-expert": 0.1,
+    "walker2d-random": 0.1, "walker2d-medium": 0.3, "walker2d-medium-replay": 0.5, "walker2d-medium-expert": 0.1,
+    "halfcheetah-random": 0.3, "halfcheetah-medium": 0.3, "halfcheetah-medium-replay": 0.4,
+    "halfcheetah-medium-expert": 0.1,
+    "Hopper-v3-low": 0.1, "Hopper-v3-medium": 0.1, "Hopper-v3-high": 0.1, "Walker2d-v3-low": 0.3,
+    "Walker2d-v3-medium": 0.1, "Walker2d-v3-high": 0.1, "HalfCheetah-v3-low": 0.1, "HalfCheetah-v3-medium": 0.3,
+    "HalfCheetah-v3-high": 0.3,
+}
+GENERATED_NAMESPACE = "leq"  # Minari namespace of the datasets this project generates
+
+
+@dataclass(frozen=True)
+class Task:
+    env_id: str
+    family: str  # "antmaze" | "pointmaze" | "locomotion" | "neorl"
+    obs_dim: int
+    act_dim: int
+    tau: float  # paper Table 10
+    max_episode_steps: int
+    robot: str  # "ant" | "point" | "hopper" | "walker2d" | "halfcheetah"
+    level: str  # dataset level: "diverse", "play", "random", "medium", "low", ...
+    maze: str | None = None  # "umaze" | "medium" | "large" | "ultra"
+    goal_radius: float | None = None  # default radius of the goal region (relabelling and termination)
+    default_dataset: str | None = None  # Minari id read when no dataset path is given
+    generated: bool = False  # default dataset is made by this project (collect_dataset.py) when missing
+
+
+def _build_registry() -> dict:
+    tasks = {}
+    for maze, levels in [("umaze", ["", "-diverse"]), ("medium", ["-play", "-diverse"]),
+                         ("large", ["-play", "-diverse"]), ("ultra", ["-play", "-diverse"])]:
+        for level in levels:
+            env_id = f"antmaze-{maze}{level}"
+            tasks[env_id] = Task(env_id, "antmaze", 29, 8, TAU_TABLE_10[env_id], ANTMAZE_EPISODE_STEPS[maze], "ant",
+                                 level.lstrip("-") or "play", maze, 0.5, MINARI_ANTMAZE_IDS.get(f"{maze}{level}"))
+    for maze in MAZE_LAYOUTS:
+        for level in ["diverse", "play"]:
+            env_id = f"pointmaze-{maze}-{level}"
+            tasks[env_id] = Task(env_id, "pointmaze", 4, 2, 0.1, POINTMAZE_EPISODE_STEPS[maze], "point", level, maze,
+                                 0.45, f"{GENERATED_NAMESPACE}/pointmaze/{maze}-{level}-v0", generated=True)
+    for robot, (name, act_dim, obs_dim, neorl_obs_dim) in ROBOTS.items():
+        for level in ["random", "medium", "medium-replay", "medium-expert", "expert"]:
+            env_id = f"{robot}-{level}"
+            generated = level == "random"
+            default = f"{GENERATED_NAMESPACE}/mujoco/{robot}-random-v0" if generated else None
+            tasks[env_id] = Task(env_id, "locomotion", obs_dim, act_dim, TAU_TABLE_10.get(env_id, 0.1), 1000, robot,
+                                 level, default_dataset=default, generated=generated)
+        for level in ["low", "medium", "high"]:
+            env_id = f"{name}-v3-{level}"
+            tasks[env_id] = Task(env_id, "neorl", neorl_obs_dim, act_dim, TAU_TABLE_10[env_id], 1000, robot, level)
+    return tasks
+
+
+TASKS = _build_registry()
+
+
+def get_task(env_id: str) -> Task:
+    if env_id not in TASKS:
+        import difflib
+
+        close = difflib.get_close_matches(env_id, TASKS, n=3)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise SystemExit(f"unknown env id '{env_id}'.{hint} Known env ids: {', '.join(TASKS)}")
+    return TASKS[env_id]
+
+
+@dataclass
+class OfflineData:
+    observations: np.ndarray  # [N, obs] float32
+    actions: np.ndarray  # [N, act] float32, in [-1, 1]
+    rewards: np.ndarray  # [N] float32, raw (what the world model learns)
+    next_observations: np.ndarray  # [N, obs] float32
+    terminals: np.ndarray  # [N] float32, 1.0 = true terminal
+    episode_ends: np.ndarray  # [N] float32, 1.0 where the trajectory ends (terminal, timeout or discontinuity)
+    reward_scale: float  # training reward = rewards * reward_scale + reward_shift (leq-spec §1)
+    reward_shift: float
+    fingerprint: str  # stable hash of the env id and the arrays
+    source: str  # where the data came from (Minari id or file path)
+    maze_frame: str | None = None  # mazes: "gymnasium_robotics" (centred, y up) or "d4rl" (start cell at (0,0))
+    eval_gym_id: str | None = None  # locomotion/NeoRL: the gymnasium env that evaluates (matches the data)
+
+    def __len__(self) -> int:
+        return len(self.observations)
+
+
+# ---- datasets ---------------------------------------------------------------------------------------------------
+
+def minari_root() -> Path:
+    """Where Minari datasets live: $MINARI_DATASETS_PATH, else minari's default ~/.minari/datasets."""
+    return Path(os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets")
+
+
+def load_dataset(task: Task, dataset_path: str | None = None, download: bool = False) -> OfflineData:
+    """The task's offline data as flat float32 arrays; see the block docstring for the accepted sources."""
+    if dataset_path is None:
+        if task.default_dataset is None:
+            raise SystemExit(_how_to_get_data(task))
+        if task.generated and not (minari_root() / task.default_dataset / "data").is_dir():
+            print(f"{task.default_dataset} is not in {minari_root()}: generating it now (once; "
+                  f"`python collect_dataset.py {task.env_id}` does the same).")
+            generate_dataset(task)
+        return load_minari(task, task.default_dataset, download)
+    path = Path(dataset_path).expanduser()
+    if path.is_file() and path.suffix in (".hdf5", ".h5"):
+        return load_d4rl_hdf5(task, path)
+    if path.is_file() and path.suffix == ".npz":
+        return load_neorl_npz(task, path)
+    if path.exists():
+        raise SystemExit(f"--dataset-path {dataset_path}: expected a D4RL-format .hdf5 file, a NeoRL .npz file "
+                         f"or a Minari dataset id; got a {'folder' if path.is_dir() else 'file of unknown type'}.")
+    if "/" in dataset_path and not dataset_path.endswith((".hdf5", ".h5", ".npz")):
+        return load_minari(task, dataset_path, download)
+    raise SystemExit(f"--dataset-path {dataset_path} does not exist. {_how_to_get_data(task)}")
+
+
+def _how_to_get_data(task: Task) -> str:
+    if task.family == "antmaze" and task.maze == "ultra":
+        variant = "True" if task.level == "diverse" else "False"
+        return (f"{task.env_id} needs TAP's D4RL-format file: download {TAP_ULTRA_URL.format(variant)} and pass "
+                f"--dataset-path /path/to/that.hdf5.")
+    if task.family == "locomotion":
+        d4rl_name = f"{task.robot}_{task.level.replace('-', '_')}-v2.hdf5"
+        return (f"{task.env_id} needs a dataset: pass --dataset-path /path/to/{d4rl_name} (the D4RL file, "
+                f"http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{d4rl_name}), or a Minari id such "
+                f"as --dataset-path mujoco/{task.robot}/{task.level}-v0 (different data: gymnasium v5 envs) with "
+                f"--download. Only the *-random datasets are generated here: `python collect_dataset.py "
+                f"{task.robot}-random`.")
+    if task.family == "neorl":
+        name = task.env_id.split("-")[0]
+        return (f"{task.env_id} needs NeoRL's file {task.env_id}-1000-train-noise.npz (from the polixir/NeoRL "
+                f"repository's data links, http://datasets.polixir.site/v2/{name}/...; NOT the unrelated `neorl` "
+                f"package on PyPI): pass --dataset-path /path/to/{task.env_id}-1000-train-noise.npz.")
+    return f"{task.env_id} has no default dataset; pass --dataset-path."
+
+
+def load_minari(task: Task, dataset_id: str, download: bool = False) -> OfflineData:
+    """A Minari dataset (D4RL/antmaze, D4RL/pointmaze, mujoco/*, or one this project generated) as OfflineData."""
+    import minari
+
+    location = minari_root() / dataset_id
+    if not (location / "data").is_dir() and not download:
+        raise SystemExit(
+            f"Minari dataset {dataset_id} is not in {minari_root()} (set MINARI_DATASETS_PATH to look elsewhere). "
+            f"Get it with --download (needs internet and `pip install \"minari[hf]\"`), or `minari download "
+            f"{dataset_id}`, or copy its data/main_data.hdf5 and metadata.json into {location}/.")
+    try:
+        dataset = minari.load_dataset(dataset_id, download=download)
+    except ImportError as error:
+        raise SystemExit(f"downloading {dataset_id} failed: {error}") from None
+    except Exception as error:  # a broken or foreign folder: name it, not a library traceback
+        raise SystemExit(f"Minari dataset {dataset_id} at {location} cannot be read "
+                         f"({type(error).__name__}: {error}).") from None
+    pieces = {key: [] for key in ("observations", "actions", "rewards", "next_observations", "terminals", "ends")}
+    for episode in dataset.iterate_episodes():
+        obs = episode.observations
+        if isinstance(obs, dict):  # mazes: achieved_goal (xy) ++ observation (ant 27 -> 29, point: xy is in obs)
+            obs = obs["observation"] if task.family == "pointmaze" else np.concatenate(
+                [obs["achieved_goal"], obs["observation"]], axis=-1)
+        obs = np.asarray(obs, dtype=np.float32)
+        steps = len(episode.actions)
+        pieces["observations"].append(obs[:-1])
+        pieces["next_observations"].append(obs[1:])
+        pieces["actions"].append(np.asarray(episode.actions, dtype=np.float32).reshape(steps, -1))
+        pieces["rewards"].append(np.asarray(episode.rewards, dtype=np.float32).reshape(steps))
+        pieces["terminals"].append(np.asarray(episode.terminations, dtype=np.float32).reshape(steps))
+        ends = np.zeros(steps, dtype=np.float32)
+        ends[-1] = 1.0
+        pieces["ends"].append(ends)
+    if not pieces["actions"]:
+        raise SystemExit(f"Minari dataset {dataset_id} at {location} holds no episodes.")
+    arrays = {key: np.concatenate(value) for key, value in pieces.items()}
+    episode_ends = np.maximum(arrays.pop("ends"), arrays["terminals"])
+    source = f"minari:{dataset_id}"
+    _check_arrays(task, arrays, source)
+    frame, eval_gym_id = None, None
+    if task.family in ("antmaze", "pointmaze"):
+        frame = "gymnasium_robotics"
+        # Minari maze rewards are relative to each episode's own goal: relabel against the single eval goal (§1).
+        hit = _in_goal_region(arrays["next_observations"], maze_goal_centre(task, frame, dataset_id), task.goal_radius)
+        arrays["rewards"], arrays["terminals"] = hit, hit.copy()
+        episode_ends = np.maximum(episode_ends, hit)
+    else:
+        spec_id = dataset.env_spec.id if dataset.env_spec is not None else None
+        eval_gym_id = spec_id or _default_eval_gym_id(task)
+    return _finish(task, arrays, episode_ends, source, frame, eval_gym_id)
+
+
+def load_d4rl_hdf5(task: Task, path: Path) -> OfflineData:
+    """A D4RL-format hdf5 file (D4RL locomotion/antmaze, TAP antmaze-ultra), with or without `timeouts` and
+    `next_observations`. Episodes end at timeouts, terminals (locomotion), goal changes (`infos/goal`) and, without
+    `timeouts`, every max_episode_steps steps (D4RL's qlearning_dataset rule); rows whose next observation would be
+    the next episode's first observation are dropped."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as file:
+            raw = {}
+            file.visititems(lambda key, item: raw.__setitem__(key, item[()]) if isinstance(item, h5py.Dataset) else None)
+    except OSError as error:
+        raise SystemExit(f"{path} is not a readable hdf5 file ({error}).") from None
+    missing = [key for key in ("observations", "actions", "rewards", "terminals") if key not in raw]
+    if missing:
+        raise SystemExit(f"{path} is missing the key(s) {missing}; a D4RL-format file has observations, actions, "
+                         f"rewards, terminals (and optionally timeouts, next_observations, infos/goal). "
+                         f"It has: {sorted(raw)}.")
+    n = len(raw["observations"])
+    for key in ("actions", "rewards", "terminals", "timeouts", "next_observations", "infos/goal"):
+        if key in raw and len(raw[key]) != n:
+            raise SystemExit(f"{path}: '{key}' has {len(raw[key])} rows but 'observations' has {n}.")
+    obs = np.asarray(raw["observations"], dtype=np.float32)
+    terminals = np.asarray(raw["terminals"]).reshape(n).astype(bool)
+    timeouts = np.asarray(raw["timeouts"]).reshape(n).astype(bool) if "timeouts" in raw else None
+    boundary = timeouts.copy() if timeouts is not None else np.zeros(n, dtype=bool)
+    if "infos/goal" in raw:  # TAP's loader: a new goal means a new episode
+        goals = np.asarray(raw["infos/goal"])
+        boundary[:-1] |= np.any(goals[1:] != goals[:-1], axis=-1)
+    if timeouts is None:  # D4RL's qlearning_dataset: an episode also ends every max_episode_steps steps
+        boundary |= _every_k_steps_since_reset(terminals if task.family != "antmaze" else boundary,
+                                               task.max_episode_steps)
+    if "next_observations" in raw:
+        next_obs = np.asarray(raw["next_observations"], dtype=np.float32)
+        keep = np.ones(n, dtype=bool)
+    else:
+        next_obs = np.concatenate([obs[1:], obs[-1:]])
+        if task.family == "antmaze":  # a reset teleports the ant to the start: never pair across that jump
+            boundary[:-1] |= np.linalg.norm(obs[1:, :2] - obs[:-1, :2], axis=-1) > 2.0
+            ends_episode = boundary
+        else:  # a locomotion terminal ends its episode: obs[i+1] is the next episode's first observation
+            ends_episode = boundary | terminals
+            if terminals.any():
+                print(f"{path}: no next_observations, so the {int(terminals.sum())} terminal transitions (whose "
+                      f"next observation is not in the file) are dropped.")
+        keep = ~ends_episode
+        keep[-1] = False
+    arrays = {"observations": obs[keep], "actions": np.asarray(raw["actions"], dtype=np.float32)[keep],
+              "rewards": np.asarray(raw["rewards"], dtype=np.float32).reshape(n)[keep],
+              "next_observations": next_obs[keep], "terminals": terminals[keep].astype(np.float32)}
+    source = f"hdf5:{path}"
+    _check_arrays(task, arrays, source)
+    episode_ends = (boundary | terminals)[keep].astype(np.float32)
+    frame = "d4rl" if task.family in ("antmaze", "pointmaze") else None
+    return _finish(task, arrays, episode_ends, source, frame, None if frame else _default_eval_gym_id(task))
+
+
+def _every_k_steps_since_reset(resets: np.ndarray, k: int) -> np.ndarray:
+    """True at the k-th, 2k-th, ... step after each reset (a reset follows a True in `resets`)."""
+    out = np.zeros(len(resets), dtype=bool)
+    step = 0
+    for i, reset in enumerate(resets):
+        step += 1
+        if step == k:
+            out[i] = True
+        if reset or step == k:
+            step = 0
+    return out
+
+
+def load_neorl_npz(task: Task, path: Path) -> OfflineData:
+    """A NeoRL npz file (obs, next_obs, action, reward, done, index = trajectory start offsets)."""
+    try:
+        raw = dict(np.load(path))
+    except Exception as error:
+        raise SystemExit(f"{path} is not a readable npz file ({type(error).__name__}: {error}).") from None
+    missing = [key for key in ("obs", "next_obs", "action", "reward", "done") if key not in raw]
+    if missing:
+        raise SystemExit(f"{path} is missing the key(s) {missing}; a NeoRL file has obs, next_obs, action, reward, "
+                         f"done, index. It has: {sorted(raw)}.")
+    n = len(raw["obs"])
+    for key in ("next_obs", "action", "reward", "done"):
+        if len(raw[key]) != n:
+            raise SystemExit(f"{path}: '{key}' has {len(raw[key])} rows but 'obs' has {n}.")
+    arrays = {"observations": raw["obs"].astype(np.float32), "actions": raw["action"].astype(np.float32),
+              "rewards": raw["reward"].astype(np.float32).reshape(n),
+              "next_observations": raw["next_obs"].astype(np.float32),
+              "terminals": raw["done"].astype(np.float32).reshape(n)}
+    source = f"npz:{path}"
+    _check_arrays(task, arrays, source)
+    episode_ends = arrays["terminals"].copy()
+    starts = np.asarray(raw.get("index", []), dtype=np.int64).reshape(-1)
+    starts = starts[(starts > 0) & (starts <= n)]
+    episode_ends[starts - 1] = 1.0
+    return _finish(task, arrays, episode_ends, source, None, _default_eval_gym_id(task))
+
+
+def _check_arrays(task: Task, arrays: dict, source: str) -> None:
+    """Refuse data that does not fit the task: wrong dimensions or non-finite values, naming the source."""
+    n = len(arrays["observations"])
+    if n == 0:
+        raise SystemExit(f"{source}: no transitions left after splitting into episodes.")
+    for key, width in (("observations", task.obs_dim), ("next_observations", task.obs_dim), ("actions", task.act_dim)):
+        shape = arrays[key].shape
+        if arrays[key].ndim != 2 or shape[1] != width:
+            raise SystemExit(f"{source}: '{key}' has shape {shape}, but {task.env_id} needs [N, {width}]. "
+                             f"Is this the dataset of {task.env_id}?")
+    for key, value in arrays.items():
+        if len(value) != n:
+            raise SystemExit(f"{source}: '{key}' has {len(value)} rows but observations has {n}.")
+        bad = ~np.isfinite(value)
+        if bad.any():
+            rows = np.nonzero(bad.reshape(n, -1).any(-1))[0]
+            raise SystemExit(f"{source}: '{key}' has {len(rows)} rows with NaN or inf (first: row {rows[0]}).")
+
+
+def _finish(task, arrays, episode_ends, source, frame, eval_gym_id) -> OfflineData:
+    obs, next_obs = arrays["observations"], arrays["next_observations"]
+    jumps = np.zeros(len(obs), dtype=bool)
+    jumps[:-1] = np.any(np.abs(next_obs[:-1] - obs[1:]) > 1e-6, axis=-1)  # discontinuity ends a trajectory (§1)
+    episode_ends = np.maximum(episode_ends, jumps.astype(np.float32))
+    episode_ends[-1] = 1.0
+    # IQL/LEQ clip dataset actions into the open interval so that tanh policies can represent them.
+    actions = np.clip(arrays["actions"], -1 + 1e-5, 1 - 1e-5)
+    scale, shift = reward_scale_and_shift(task, arrays["rewards"], episode_ends)
+    digest = hashlib.sha1(task.env_id.encode())
+    for value in (obs, actions, arrays["rewards"], next_obs, arrays["terminals"], episode_ends):
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return OfflineData(obs, actions, arrays["rewards"], next_obs, arrays["terminals"].astype(np.float32),
+                       episode_ends.astype(np.float32), scale, shift, digest.hexdigest(), source, frame, eval_gym_id)
+
+
+def reward_scale_and_shift(task: Task, rewards: np.ndarray, episode_ends: np.ndarray) -> tuple[float, float]:
+    """leq-spec §1: mazes r - 1; locomotion/NeoRL r * 1000 / (max - min trajectory return), random data raw."""
+    if task.family in ("antmaze", "pointmaze"):
+        return 1.0, -1.0
+    if task.family == "locomotion" and task.level == "random":
+        return 1.0, 0.0
+    ends = np.nonzero(episode_ends)[0]
+    returns = np.add.reduceat(rewards.astype(np.float64), np.concatenate([[0], ends[:-1] + 1]))
+    spread = float(returns.max() - returns.min())
+    if spread <= 0:
+        raise SystemExit(f"{task.env_id}: every trajectory has the same return ({returns[0]:.3f}); the IQL reward "
+                         f"scaling 1000 / (max - min return) is undefined. Is the dataset right?")
+    return 1000.0 / spread, 0.0
+
+
+def _default_eval_gym_id(task: Task) -> str:
+    return f"{ROBOTS[task.robot][0]}-v4"  # D4RL's layout and dynamics (v3 XML on current bindings)
+
+
+# ---- mazes: geometry ---------------------------------------------------------------------------------------------
+
+def maze_start_goal_cells(task: Task, dataset_id: str | None = None) -> tuple:
+    """(start, goal) cells of the eval task, in the row order of the maze the data was collected in."""
+    if task.family == "antmaze" and task.maze == "umaze" and dataset_id and dataset_id.startswith("D4RL/antmaze"):
+        return MINARI_ANTMAZE_UMAZE_START_GOAL
+    return MAZE_START_GOAL_CELLS[task.maze]
+
+
+def cell_centre(task: Task, cell) -> np.ndarray:
+    """Centre of maze cell (row, column) in the gymnasium-robotics frame (maze centred at 0, row 0 at the top)."""
+    rows, cols, scale = len(MAZE_LAYOUTS[task.maze]), len(MAZE_LAYOUTS[task.maze][0]), MAZE_SCALING[task.family]
+    return np.array([(cell[1] + 0.5) * scale - cols * scale / 2, rows * scale / 2 - (cell[0] + 0.5) * scale])
+
+
+def d4rl_to_gymnasium_offset(task: Task) -> np.ndarray:
+    """xy_gymnasium = xy_d4rl + offset on the row-reversed map: D4RL's maze moved, not mirrored (datasets §2.4)."""
+    rows, cols, scale = len(MAZE_LAYOUTS[task.maze]), len(MAZE_LAYOUTS[task.maze][0]), MAZE_SCALING[task.family]
+    return np.array([scale * (1.5 - cols / 2), scale * (1.5 - rows / 2)])
+
+
+def maze_goal_centre(task: Task, frame: str, dataset_id: str | None = None) -> np.ndarray:
+    """Centre of the goal region in the data's frame (leq-spec §6)."""
+    if frame == "d4rl":
+        if task.family != "antmaze":
+            raise SystemExit(f"{task.env_id}: D4RL-frame data is only supported for antmaze.")
+        return np.array(D4RL_ANTMAZE_GOAL_CENTRES[task.maze])
+    return cell_centre(task, maze_start_goal_cells(task, dataset_id)[1])
+
+
+def _in_goal_region(next_obs: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
+    return (np.linalg.norm(next_obs[:, :2] - centre, axis=-1) <= radius).astype(np.float32)
+
+
+# ---- termination functions (leq-spec §6) ------------------------------------------------------------------------
+
+def make_termination_fn(task: Task, data: OfflineData, goal_radius: float | None = None):
+    """fn(obs, act, next_obs) -> bool tensor [B]: True where the true environment would terminate."""
+    if task.family in ("antmaze", "pointmaze"):
+        centre = torch.tensor(maze_goal_centre(task, data.maze_frame, data.source.removeprefix("minari:")),
+                              dtype=torch.float32)
+        radius_sq = float(goal_radius if goal_radius is not None else task.goal_radius) ** 2
+
+        def maze_done(obs, act, next_obs):
+            return ((next_obs[:, :2] - centre.to(next_obs.device)) ** 2).sum(-1) <= radius_sq
+
+        return maze_done
+    offset = 1 if task.family == "neorl" else 0  # NeoRL observations start with x: z, angle shift by one
+
+    def hopper_done(obs, act, next_obs):
+        height, angle = next_obs[:, offset], next_obs[:, offset + 1]
+        state = next_obs[:, 3:] if offset else next_obs[:, 1:]
+        alive = (torch.isfinite(next_obs).all(-1) & (state.abs() < 100).all(-1) & (height > 0.7)
+                 & (angle.abs() < 0.2))
+        return ~alive
+
+    def walker2d_done(obs, act, next_obs):
+        height, angle = next_obs[:, offset], next_obs[:, offset + 1]
+        state = next_obs[:, offset + 2:] if offset else next_obs
+        alive = (((state > -100) & (state < 100)).all(-1) & (height > 0.8) & (height < 2.0)
+                 & (angle > -1.0) & (angle < 1.0))
+        return ~alive
+
+    def halfcheetah_done(obs, act, next_obs):
+        if offset:  # NeoRL's own rule: HalfCheetah never terminates (x grows without bound)
+            return torch.zeros(next_obs.shape[0], dtype=torch.bool, device=next_obs.device)
+        return ~((next_obs > -100) & (next_obs < 100)).all(-1)
+
+    return {"hopper": hopper_done, "walker2d": walker2d_done, "halfcheetah": halfcheetah_done}[task.robot]
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------------------
+
+class EvalEnv:
+    """A gymnasium env seen in the dataset's layout: reset(seed) -> obs, step(a) -> (obs, reward, done, success).
+
+    `done` is termination or the time limit; `success` (mazes) is whether the goal was reached."""
+
+    def __init__(self, env, to_obs, pinned_goal=None):
+        self.env, self.to_obs, self.pinned_goal = env, to_obs, pinned_goal
+
+    def reset(self, seed: int) -> np.ndarray:
+        obs, _ = self.env.reset(seed=seed)
+        if self.pinned_goal is not None:
+            maze_env = self.env.unwrapped
+            maze_env.goal = self.pinned_goal.copy()
+            maze_env.update_target_site_pos()
+        return self.to_obs(obs)
+
+    def step(self, action: np.ndarray):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self.to_obs(obs), float(reward), bool(terminated or truncated), bool(info.get("success", False))
+
+    def render(self):
+        return self.env.render()
+
+
+def _flat_maze_obs(task: Task, offset=None):
+    def to_obs(obs):
+        if task.family == "pointmaze":
+            return obs["observation"].astype(np.float32)
+        xy = obs["achieved_goal"] if offset is None else obs["achieved_goal"] - offset
+        return np.concatenate([xy, obs["observation"]]).astype(np.float32)
+    return to_obs
+
+
+def _maze_map(task: Task, start, goal, reverse_rows: bool = False) -> list:
+    layout = [list(row) for row in MAZE_LAYOUTS[task.maze]]
+    layout[start[0]][start[1]], layout[goal[0]][goal[1]] = "r", "g"
+    return layout[::-1] if reverse_rows else layout
+
+
+def make_maze_env(task: Task, maze_map, continuing_task: bool, max_episode_steps: int, render_mode=None, **kwargs):
+    """A gymnasium-robotics PointMaze (v3) or AntMaze (v4, 27-dim ant obs as Minari's data) on `maze_map`."""
+    import gymnasium as gym
+    import gymnasium_robotics
+
+    gym.register_envs(gymnasium_robotics)
+    env_id = "PointMaze_UMaze-v3" if task.family == "pointmaze" else "AntMaze_UMaze-v4"
+    return gym.make(env_id, maze_map=maze_map, continuing_task=continuing_task, max_episode_steps=max_episode_steps,
+                    render_mode=render_mode, **kwargs)
+
+
+def make_eval_env(task: Task, data: OfflineData, render_mode=None) -> EvalEnv:
+    """The environment that scores a policy trained on `data`: episodes end on success for mazes."""
+    if task.family == "antmaze" and data.maze_frame == "d4rl":
+        return make_antmaze_eval_env_for_d4rl_data(task, render_mode)
+    if task.family in ("antmaze", "pointmaze"):
+        start, goal = maze_start_goal_cells(task, data.source.removeprefix("minari:"))
+        env = make_maze_env(task, _maze_map(task, start, goal), False, task.max_episode_steps, render_mode)
+        return EvalEnv(env, _flat_maze_obs(task))
+    import gymnasium as gym
+
+    kwargs = {"exclude_current_positions_from_observation": False} if task.family == "neorl" else {}
+    env = gym.make(data.eval_gym_id or _default_eval_gym_id(task), max_episode_steps=task.max_episode_steps,
+                   render_mode=render_mode, **kwargs)
+    return EvalEnv(env, lambda obs: obs.astype(np.float32))
+
+
+def make_antmaze_eval_env_for_d4rl_data(task: Task, render_mode=None) -> EvalEnv:
+    """Eval env for D4RL-format antmaze data (D4RL frame). For now gymnasium-robotics' AntMaze on the row-reversed
+    map (D4RL's maze moved, not mirrored), observations moved back into the D4RL frame and the goal pinned at
+    D4RL's mean goal. Its ant is NOT D4RL's (dt 0.05 vs 0.1, gear 150 vs 30, other reset noise:
+    datasets-and-envs.md §1.3), so scores of D4RL-trained policies here are not D4RL scores."""
+    warnings.warn("evaluating D4RL-format antmaze data in gymnasium-robotics' AntMaze: the ant's physics and control "
+                  "rate differ from D4RL's, so this score is not comparable to D4RL numbers.", stacklevel=2)
+    start, goal = MAZE_START_GOAL_CELLS[task.maze]
+    offset = d4rl_to_gymnasium_offset(task)
+    env = make_maze_env(task, _maze_map(task, start, goal, reverse_rows=True), False, task.max_episode_steps,
+                        render_mode)
+    return EvalEnv(env, _flat_maze_obs(task, offset), pinned_goal=np.array(D4RL_ANTMAZE_GOAL_CENTRES[task.maze]) + offset)
+
+
+def normalized_score(task: Task, episode_return: float, success: bool) -> float:
+    """x100: success rate for mazes, D4RL / NeoRL normalised return otherwise."""
+    if task.family in ("antmaze", "pointmaze"):
+        return 100.0 * float(success)
+    low, high = (NEORL_REF_RETURNS if task.family == "neorl" else D4RL_REF_RETURNS)[task.robot]
+    return 100.0 * (episode_return - low) / (high - low)
+
+
+def evaluate(task: Task, data: OfflineData, policy, num_episodes: int, seed: int, gamma: float | None = None,
+             video_path: str | None = None) -> dict:
+    """Run `num_episodes` episodes side by side with the deterministic `policy` (numpy [n, obs] -> [n, act]).
+
+    Returns mean/std of the x100 scores, per-episode scores and returns, and (with gamma) the discounted return of
+    the training reward r * reward_scale + reward_shift, to compare with a critic's estimate."""
+    envs = [make_eval_env(task, data, "rgb_array" if video_path and i == 0 else None) for i in range(num_episodes)]
+    obs = np.stack([env.reset(seed=seed + i) for i, env in enumerate(envs)])
+    active = np.ones(num_episodes, dtype=bool)
+    returns, discounted = np.zeros(num_episodes), np.zeros(num_episodes)
+    success = np.zeros(num_episodes, dtype=bool)
+    frames = [envs[0].render()] if video_path else None
+    for t in range(task.max_episode_steps):
+        actions = np.asarray(policy(obs), dtype=np.float32)
+        if actions.shape != (num_episodes, task.act_dim):
+            raise ValueError(f"policy returned actions of shape {actions.shape}, expected {(num_episodes, task.act_dim)}")
+        for i in np.nonzero(active)[0]:
+            obs[i], reward, done, reached = envs[i].step(np.clip(actions[i], -1.0, 1.0))
+            returns[i] += reward
+            if gamma is not None:
+                discounted[i] += gamma ** t * (reward * data.reward_scale + data.reward_shift)
+            success[i] |= reached
+            active[i] = not done
+            if i == 0 and frames is not None and not done:
+                frames.append(envs[0].render())
+        if not active.any():
+            break
+    for env in envs:
+        env.env.close()
+    if video_path:
+        _write_video(frames, video_path, fps=30)
+    scores = np.array([normalized_score(task, r, s) for r, s in zip(returns, success)])
+    result = {"mean": float(scores.mean()), "std": float(scores.std()), "scores": scores, "returns": returns}
+    if gamma is not None:
+        result["discounted_returns"] = discounted
+    return result
+
+
+def _write_video(frames: list, path: str, fps: int) -> None:
+    import imageio  # installed with gymnasium-robotics; .gif needs only pillow, .mp4 needs imageio-ffmpeg
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        imageio.mimsave(path, frames, fps=fps) if not path.endswith(".gif") else imageio.mimsave(
+            path, frames, duration=1000 / fps)
+    except Exception as error:
+        raise SystemExit(f"could not write the video {path} ({type(error).__name__}: {error}); a .gif path needs "
+                         f"no extra package, .mp4 needs `pip install imageio-ffmpeg`.") from None
+
+
+# ---- datasets this project generates -----------------------------------------------------------------------------
+
+def generate_dataset(task: Task, steps: int = 1_000_000, seed: int = 0, force: bool = False,
+                     dataset_id: str | None = None) -> str:
+    """Collect `steps` transitions in the real environment and store them as a Minari dataset; returns its id.
+
+    pointmaze-*: cell planner + PD controller with action noise (D4RL/Minari style), a new goal at each success;
+    {hopper,walker2d,halfcheetah}-random: uniform random actions in the gymnasium v4 env (D4RL's layout);
+    antmaze-*: uniform random actions in gymnasium-robotics' AntMaze (for tests only: no ant controller here)."""
+    if task.family == "pointmaze" or (task.family == "locomotion" and task.level == "random"):
+        dataset_id = dataset_id or task.default_dataset
+        collect = collect_pointmaze if task.family == "pointmaze" else collect_locomotion_random
+    elif task.family == "antmaze":
+        dataset_id = dataset_id or f"{GENERATED_NAMESPACE}/antmaze/{task.maze}-random-v0"
+        collect = collect_antmaze_random
+    else:
+        raise SystemExit(f"{task.env_id}: this project generates only pointmaze-*, *-random locomotion and (for "
+                         f"tests) random-action antmaze data. {_how_to_get_data(task)}")
+    target = minari_root() / dataset_id
+    if (target / "data").is_dir() and not force:
+        raise SystemExit(f"{target} already exists; pass --force to replace it.")
+    episodes, env, summary = collect(task, steps, seed)
+    _write_minari(dataset_id, episodes, env, summary, seed)
+    print(summary)
+    return dataset_id
+
+
+def _write_minari(dataset_id: str, episodes: list, env, description: str, seed: int) -> None:
+    """Write to a temporary root, then move into place: a crash never leaves half a dataset."""
+    import shutil
+
+    import minari
+
+    root = minari_root()
+    tmp_root = root / f".tmp-{os.getpid()}"
+    previous = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(tmp_root)
+    try:
+        minari.create_dataset_from_buffers(
+            dataset_id=dataset_id, buffer=episodes, env=env, eval_env=env.spec, algorithm_name=description.split(":")[0],
+            author="leq-pytorch collect_dataset.py", author_email="n/a", code_permalink="collect_dataset.py",
+            description=f"{description} (seed {seed})")
+    finally:
+        if previous is None:
+            os.environ.pop("MINARI_DATASETS_PATH")
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = previous
+        env.close()
+    target = root / dataset_id
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp_root / dataset_id, target)
+    shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+def _episode_buffer(index: int, seed, observations, actions, rewards, terminations, truncations):
+    from minari.data_collector import EpisodeBuffer
+
+    as_array = (lambda v: {k: np.asarray(x) for k, x in v.items()}) if isinstance(observations, dict) else np.asarray
+    return EpisodeBuffer(id=index, seed=seed, observations=as_array(observations),
+                         actions=np.asarray(actions, dtype=np.float32), rewards=np.asarray(rewards, dtype=np.float64),
+                         terminations=np.asarray(terminations, dtype=bool), truncations=np.asarray(truncations, dtype=bool))
+
+
+class MazePlanner:
+    """Shortest paths over maze cells (BFS from the goal cell) and the next waypoint toward the goal."""
+
+    def __init__(self, task: Task):
+        self.task, self.layout, self.distances = task, MAZE_LAYOUTS[task.maze], {}
+        self.scale = MAZE_SCALING[task.family]
+
+    def cell_of(self, xy) -> tuple:
+        rows, cols = len(self.layout), len(self.layout[0])
+        return int(np.floor(rows / 2 - xy[1] / self.scale)), int(np.floor(xy[0] / self.scale + cols / 2))
+
+    def _distances_to(self, goal_cell) -> dict:
+        if goal_cell not in self.distances:
+            distance, queue = {goal_cell: 0}, deque([goal_cell])
+            while queue:
+                row, col = queue.popleft()
+                for neighbour in ((row + 1, col), (row - 1, col), (row, col + 1), (row, col - 1)):
+                    if self.layout[neighbour[0]][neighbour[1]] != 1 and neighbour not in distance:
+                        distance[neighbour] = distance[(row, col)] + 1
+                        queue.append(neighbour)
+            self.distances[goal_cell] = distance
+        return self.distances[goal_cell]
+
+    def waypoint(self, xy, goal_xy) -> np.ndarray:
+        """The goal itself in the goal's cell, else the centre of the neighbouring cell one step closer."""
+        here, goal_cell = self.cell_of(xy), self.cell_of(goal_xy)
+        distance = self._distances_to(goal_cell)
+        if here == goal_cell or here not in distance:
+            return np.asarray(goal_xy)
+        row, col = here
+        step = min(((row + 1, col), (row - 1, col), (row, col + 1), (row, col - 1)),
+                   key=lambda cell: distance.get(cell, np.inf))
+        return cell_centre(self.task, step)
+
+
+def collect_pointmaze(task: Task, steps: int, seed: int):
+    """PointMaze driven by MazePlanner + PD control (a = 10 (waypoint - xy) - v + N(0, 0.5^2), as Minari's
+    pointmaze data); the env draws a new goal at each success, and an episode ends there (or after
+    max_episode_steps without success, when the env is reset)."""
+    from tqdm import tqdm
+
+    layout = [list(row) for row in MAZE_LAYOUTS[task.maze]]
+    if task.level == "play":
+        for row, col in PLAY_GOAL_CELLS[task.maze]:
+            layout[row][col] = "g"  # goals only here; resets anywhere
+    env = make_maze_env(task, layout, continuing_task=True, max_episode_steps=10 * steps + 1, reset_target=True)
+    planner, rng = MazePlanner(task), np.random.default_rng(seed)
+    episodes, reached, timed_out = [], 0, 0
+    obs, _ = env.reset(seed=seed)
+    episode = _new_maze_episode(obs)
+    for _ in tqdm(range(steps), desc=f"collecting {task.env_id}", mininterval=1.0):
+        point = obs["observation"]
+        goal = env.unwrapped.goal.copy()
+        action = 10.0 * (planner.waypoint(point[:2], goal) - point[:2]) - point[2:] + rng.normal(0.0, 0.5, 2)
+        action = np.clip(action, -1.0, 1.0).astype(np.float32)
+        obs, reward, terminated, _, info = env.step(action)
+        too_long = len(episode["actions"]) + 1 >= task.max_episode_steps and not info["success"]
+        _append_maze_step(episode, obs, action, reward, terminated, info["success"] or too_long)
+        reached += info["success"]
+        if info["success"] or too_long:
+            episodes.append(_episode_buffer(len(episodes), seed, **episode))
+            timed_out += too_long
+            if too_long:
+                obs, _ = env.reset()
+            episode = _new_maze_episode(obs)
+    if episode["actions"]:
+        episode["truncations"][-1] = True
+        episodes.append(_episode_buffer(len(episodes), seed, **episode))
+    rate = reached / max(reached + timed_out, 1)
+    summary = (f"planner+PD: {steps} steps, {len(episodes)} episodes; the controller reached its goal in "
+               f"{reached} of {reached + timed_out} finished episodes ({100 * rate:.1f}%)")
+    return episodes, env, summary
+
+
+def _new_maze_episode(obs) -> dict:
+    return {"observations": {key: [value] for key, value in obs.items()}, "actions": [], "rewards": [],
+            "terminations": [], "truncations": []}
+
+
+def _append_maze_step(episode, obs, action, reward, terminated, truncated) -> None:
+    for key, value in obs.items():
+        episode["observations"][key].append(value)
+    episode["actions"].append(action)
+    episode["rewards"].append(reward)
+    episode["terminations"].append(terminated)
+    episode["truncations"].append(truncated)
+
+
+def collect_antmaze_random(task: Task, steps: int, seed: int):
+    """Uniform random actions in gymnasium-robotics' AntMaze on the eval map (tests only: the ant barely moves)."""
+    from tqdm import tqdm
+
+    env = make_maze_env(task, _maze_map(task, *MAZE_START_GOAL_CELLS[task.maze]), True, task.max_episode_steps)
+    env.action_space.seed(seed)
+    episodes = []
+    obs, _ = env.reset(seed=seed)
+    episode = _new_maze_episode(obs)
+    for _ in tqdm(range(steps), desc=f"collecting random {task.env_id}", mininterval=1.0):
+        action = env.action_space.sample()
+        obs, reward, terminated, truncated, _ = env.step(action)
+        _append_maze_step(episode, obs, action, reward, terminated, truncated)
+        if terminated or truncated:
+            episodes.append(_episode_buffer(len(episodes), seed, **episode))
+            obs, _ = env.reset()
+            episode = _new_maze_episode(obs)
+    if episode["actions"]:
+        episode["truncations"][-1] = True
+        episodes.append(_episode_buffer(len(episodes), seed, **episode))
+    return episodes, env, f"random actions: {steps} steps, {len(episodes)} episodes"
+
+
+def collect_locomotion_random(task: Task, steps: int, seed: int):
+    """Uniform random actions in the gymnasium v4 env (D4RL's observation layout), episodes of at most 1000 steps."""
+    import gymnasium as gym
+    from tqdm import tqdm
+
+    env = gym.make(_default_eval_gym_id(task), max_episode_steps=task.max_episode_steps)
+    env.action_space.seed(seed)
+    episodes, returns = [], []
+    obs, _ = env.reset(seed=seed)
+    episode = {"observations": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
+    for _ in tqdm(range(steps), desc=f"collecting {task.env_id}", mininterval=1.0):
+        action = env.action_space.sample()
+        obs, reward, terminated, truncated, _ = env.step(action)
+        for key, value in (("observations", obs), ("actions", action), ("rewards", reward),
+                           ("terminations", terminated), ("truncations", truncated)):
+            episode[key].append(value)
+        if terminated or truncated:
+            episodes.append(_episode_buffer(len(episodes), seed, **episode))
+            returns.append(sum(episode["rewards"]))
+            obs, _ = env.reset()
+            episode = {"observations": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
+    if episode["actions"]:
+        episode["truncations"][-1] = True
+        episodes.append(_episode_buffer(len(episodes), seed, **episode))
+    summary = (f"random actions: {steps} steps, {len(episodes)} episodes, mean finished-episode return "
+               f"{np.mean(returns) if returns else float('nan'):.1f}")
+    return episodes, env, summary
+# ==== end mirror: task ====
+
+
+# ==== mirror: agent (identical in fqe_pretrain.py, leq_state.py) ====
+"""Actor, critic and their pretraining (leq-spec §1, §2, §4). Public API (kept stable):
+
+  normalization_stats(observations, actions) -> dict of float32 tensors obs_mean, obs_std, obs_act_mean,
+      obs_act_std: the dataset statistics both networks standardise with (std < 1e-12 -> 1).
+  symlog(x) = sign(x) log(1 + |x|);  InputNormalizer(mean, std)(x) = symlog((x - mean) / std).
+  Actor(obs_mean, obs_std, act_dim, hidden_dim=256, num_layers=3)
+      actor(obs [..., obs]) -> tanh(mu(obs)) [..., act] (deterministic); actor.mu(obs): pre-tanh mean;
+      actor.explore(obs) -> tanh(mu + exp(log_std) * eps), eps ~ N(0, 1); actor.log_std: [act], starts at 0.
+  Critic(obs_act_mean, obs_act_std, hidden_dim=256, num_layers=3)
+      critic(obs [..., obs], act [..., act]) -> Q [...] (one Q; LayerNorm + ReLU after every hidden layer).
+  ema_copy(critic) -> frozen copy;  ema_update_(ema_critic, critic, rate): ema <- (1 - rate) ema + rate critic.
+  transition_tensors(data, device) -> dict obs, act, reward (training reward rewards * reward_scale +
+      reward_shift), mask (1 - terminal), next_obs: float32 tensors on the device.
+  bc_loss(actor, obs, act);  fqe_loss(critic, ema_critic, policy, batch, gamma, ema_on_next_state=False)
+  make_bc_update(actor, optimizer, data, batch_size) / make_fqe_update(critic, ema_critic, policy, optimizer,
+      data, batch_size, gamma, ema_rate, ema_on_next_state=False): one gradient step on a uniform minibatch
+      drawn on the device; returns detached metric tensors (no host sync), so it can be compiled.
+  run_updates(update, steps, desc, log_interval, device, use_cudagraphs=False, log_fn=None) -> dict of
+      floats: runs the (compiled) update with a tqdm progress bar (losses, ETA); metrics are averaged over each
+      log interval and read back only at log time.
+  policy_value(critic, actor, obs) -> Q(obs, actor(obs)), no grad.
+  pretrain_checkpoint_path(env_id, seed, fingerprint) -> checkpoints/pretrain/{env_id}__seed{seed}__{fp[:10]}.pt
+  save_pretrain_checkpoint(path, actor, critic, ema_critic, fingerprint, args, metrics=None)
+  load_pretrain_checkpoint(path, fingerprint, device) -> (actor, critic, ema_critic, checkpoint dict); refuses a
+      missing file, another kind, or a checkpoint trained on another dataset (load_checkpoint of the common block).
+"""
+import copy
+import math
+
+from torch import nn
+
+
+def normalization_stats(observations, actions) -> dict:
+    """Mean and std of the observations (actor input) and of observation+action (critic input); leq-spec §1."""
+    obs = np.asarray(observations, dtype=np.float64)
+    obs_act = np.concatenate([obs, np.asarray(actions, dtype=np.float64)], axis=-1)
+    stats = {}
+    for name, x in (("obs", obs), ("obs_act", obs_act)):
+        std = x.std(axis=0)
+        std[std < 1e-12] = 1.0  # constant inputs stay unscaled (OfflineRL-Kit's scaler rule)
+        stats[f"{name}_mean"] = torch.as_tensor(x.mean(axis=0), dtype=torch.float32)
+        stats[f"{name}_std"] = torch.as_tensor(std, dtype=torch.float32)
+    return stats
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+class InputNormalizer(nn.Module):
+    """Standardise with fixed dataset statistics, then symlog (leq-spec §1)."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).clone())
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return symlog((x - self.mean) / self.std)
+
+
+def _mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int, layer_norm: bool) -> nn.Sequential:
+    layers = []
+    for i in range(num_layers):
+        layers.append(nn.Linear(in_dim if i == 0 else hidden_dim, hidden_dim))
+        if layer_norm:
+            layers.append(nn.LayerNorm(hidden_dim, eps=1e-6))  # flax's default eps, as in the authors' code
+        layers.append(nn.ReLU())
+    layers.append(nn.Linear(hidden_dim, out_dim))
+    for layer in layers:
+        if isinstance(layer, nn.Linear):  # orthogonal init with gain sqrt(2), zero bias, every layer (leq-spec §2)
+            nn.init.orthogonal_(layer.weight, gain=math.sqrt(2.0))
+            nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+class Actor(nn.Module):
+    """Deterministic a = tanh(mu(s)), 3 x 256 ReLU; log_std is state-independent exploration noise (leq-spec §2)."""
+
+    def __init__(self, obs_mean, obs_std, act_dim: int, hidden_dim: int = 256, num_layers: int = 3):
+        super().__init__()
+        self.normalizer = InputNormalizer(obs_mean, obs_std)
+        self.net = _mlp(self.normalizer.mean.numel(), hidden_dim, num_layers, act_dim, layer_norm=False)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def mu(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalizer(obs))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.mu(obs))
+
+    def explore(self, obs: torch.Tensor) -> torch.Tensor:
+        """tanh(mu + exp(log_std) * eps): the noisy action of dataset expansion (sigma_exp = exp(0) = 1)."""
+        mu = self.mu(obs)
+        return torch.tanh(mu + self.log_std.exp() * torch.randn_like(mu))
+
+
+class Critic(nn.Module):
+    """One Q(s, a): 3 x 256, LayerNorm then ReLU after every hidden layer (leq-spec §2)."""
+
+    def __init__(self, obs_act_mean, obs_act_std, hidden_dim: int = 256, num_layers: int = 3):
+        super().__init__()
+        self.normalizer = InputNormalizer(obs_act_mean, obs_act_std)
+        self.net = _mlp(self.normalizer.mean.numel(), hidden_dim, num_layers, 1, layer_norm=True)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalizer(torch.cat([obs, act], dim=-1))).squeeze(-1)
+
+
+def ema_copy(critic: Critic) -> Critic:
+    return copy.deepcopy(critic).requires_grad_(False)
+
+
+@torch.no_grad()
+def ema_update_(ema_critic: nn.Module, critic: nn.Module, rate: float) -> None:
+    """Q_bar <- (1 - rate) Q_bar + rate Q, one fused multi-tensor op."""
+    torch._foreach_lerp_(list(ema_critic.parameters()), list(critic.parameters()), rate)
+
+
+def transition_tensors(data, device) -> dict:
+    """The offline transitions on the device, with the reward and mask the critic trains on (leq-spec §1)."""
+
+    def tensor(x):
+        return torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)
+
+    return {
+        "obs": tensor(data.observations),
+        "act": tensor(data.actions),
+        "reward": tensor(np.asarray(data.rewards, dtype=np.float32) * data.reward_scale + data.reward_shift),
+        "mask": 1.0 - tensor(data.terminals),
+        "next_obs": tensor(data.next_observations),
+    }
+
+
+def bc_loss(actor: Actor, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """Mean over batch and action dims of (tanh(mu(s)) - a)^2 (leq-spec §4)."""
+    return (actor(obs) - act).pow(2).mean()
+
+
+def fqe_loss(critic, ema_critic, policy, batch: dict, gamma: float, ema_on_next_state: bool = False):
+    """FQE with the EMA regulariser (leq-spec §4, paper Algorithm 2 with gamma):
+    mean (Q(s,a) - y)^2 + mean (Q(s,a) - Q_bar(s,a))^2, y = r + gamma * mask * sg Q(s', pi(s')).
+    ema_on_next_state regularises toward Q_bar(s', pi(s')) instead, as the authors' FQE code does.
+    Returns (loss, td_loss, ema_loss, q)."""
+    obs, act = batch["obs"], batch["act"]
+    with torch.no_grad():
+        next_act = policy(batch["next_obs"])
+        target = batch["reward"] + gamma * batch["mask"] * critic(batch["next_obs"], next_act)
+        ema_q = ema_critic(batch["next_obs"], next_act) if ema_on_next_state else ema_critic(obs, act)
+    q = critic(obs, act)
+    td_loss = (q - target).pow(2).mean()
+    ema_loss = (q - ema_q).pow(2).mean()
+    return td_loss + ema_loss, td_loss, ema_loss, q
+
+
+def _sample(data: dict, batch_size: int, keys) -> dict:
+    n = data["obs"].shape[0]
+    index = torch.randint(0, n, (batch_size,), device=data["obs"].device)
+    return {key: data[key][index] for key in keys}
+
+
+def make_bc_update(actor: Actor, optimizer, data: dict, batch_size: int):
+    def update() -> dict:
+        batch = _sample(data, batch_size, ("obs", "act"))
+        loss = bc_loss(actor, batch["obs"], batch["act"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"bc_loss": loss.detach()}
+
+    return update
+
+
+def make_fqe_update(critic, ema_critic, policy, optimizer, data: dict, batch_size: int, gamma: float,
+                    ema_rate: float, ema_on_next_state: bool = False):
+    def update() -> dict:
+        batch = _sample(data, batch_size, ("obs", "act", "reward", "mask", "next_obs"))
+        loss, td_loss, ema_loss, q = fqe_loss(critic, ema_critic, policy, batch, gamma, ema_on_next_state)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        ema_update_(ema_critic, critic, ema_rate)
+        return {"fqe_loss": loss.detach(), "td_loss": td_loss.detach(), "ema_loss": ema_loss.detach(),
+                "q_mean": q.detach().mean()}
+
+    return update
+
+
+def run_updates(update, steps: int, desc: str, log_interval: int, device, use_cudagraphs: bool = False,
+                log_fn=None) -> dict:
+    """Call update() `steps` times behind a progress bar. Metrics are summed on the device and read back
+    (averaged) once per log interval; log_fn(step, metrics) receives them, e.g. for wandb."""
+    from tqdm import tqdm
+
+    sums, count, averages = None, 0, {}
+    bar = tqdm(range(1, steps + 1), desc=desc, dynamic_ncols=True)
+    for step in bar:
+        if use_cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        metrics = update()
+        sums = {k: v.clone() for k, v in metrics.items()} if sums is None else {k: sums[k] + metrics[k] for k in sums}
+        count += 1
+        if step % log_interval == 0 or step == steps:
+            averages = {k: v.item() / count for k, v in sums.items()}
+            sums, count = None, 0
+            bar.set_postfix({k: f"{v:.4g}" for k, v in averages.items()})
+            if log_fn is not None:
+                log_fn(step, averages)
+    return averages
+
+
+@torch.no_grad()
+def policy_value(critic: Critic, actor: Actor, obs: torch.Tensor) -> torch.Tensor:
+    return critic(obs, actor(obs))
+
+
+def pretrain_checkpoint_path(env_id: str, seed: int, fingerprint: str) -> Path:
+    return Path("checkpoints") / "pretrain" / f"{env_id}__seed{seed}__{fingerprint[:10]}.pt"
+
+
+def _network_sizes(actor: Actor) -> dict:
+    linears = [m for m in actor.net if isinstance(m, nn.Linear)]
+    return {"act_dim": linears[-1].out_features, "hidden_dim": linears[0].out_features, "num_layers": len(linears) - 1}
+
+
+def save_pretrain_checkpoint(path, actor: Actor, critic: Critic, ema_critic: Critic, fingerprint: str, args,
+                             metrics: dict | None = None) -> None:
+    """Write actor, critic, EMA critic, normalisation statistics, fingerprint and args atomically."""
+    atomic_save(
+        {
+            "kind": "pretrain",
+            "fingerprint": fingerprint,
+            "args": dict(vars(args)) if not isinstance(args, dict) else dict(args),
+            "network": _network_sizes(actor),
+            "normalization": {
+                "obs_mean": actor.normalizer.mean.cpu(), "obs_std": actor.normalizer.std.cpu(),
+                "obs_act_mean": critic.normalizer.mean.cpu(), "obs_act_std": critic.normalizer.std.cpu(),
+            },
+            "actor": {k: v.cpu() for k, v in actor.state_dict().items()},
+            "critic": {k: v.cpu() for k, v in critic.state_dict().items()},
+            "ema_critic": {k: v.cpu() for k, v in ema_critic.state_dict().items()},
+            "metrics": metrics or {},
+            "software": software_versions(),
+        },
+        path,
+    )
+
+
+def load_pretrain_checkpoint(path, fingerprint: str | None, device):
+    """Rebuild actor, critic and EMA critic on `device` from a pretrain checkpoint of this dataset."""
+    checkpoint = load_checkpoint(path, "pretrain", fingerprint, device)
+    sizes, stats = checkpoint["network"], checkpoint["normalization"]
+    hidden = {"hidden_dim": sizes["hidden_dim"], "num_layers": sizes["num_layers"]}
+    actor = Actor(stats["obs_mean"], stats["obs_std"], sizes["act_dim"], **hidden).to(device)
+    critic = Critic(stats["obs_act_mean"], stats["obs_act_std"], **hidden).to(device)
+    ema_critic = ema_copy(critic)
+    actor.load_state_dict(checkpoint["actor"])
+    critic.load_state_dict(checkpoint["critic"])
+    ema_critic.load_state_dict(checkpoint["ema_critic"])
+    return actor, critic, ema_critic, checkpoint
+# ==== end mirror: agent ====
+
+
+def check_args(args: Args) -> None:
+    problems = []
+    for name in ("bc_steps", "fqe_steps", "eval_episodes"):
+        if getattr(args, name) < 0:
+            problems.append(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(args, name)})")
+    for name in ("bc_batch_size", "fqe_batch_size", "hidden_dim", "num_layers", "log_interval"):
+        if getattr(args, name) < 1:
+            problems.append(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
+    for name in ("bc_lr", "fqe_lr"):
+        if not getattr(args, name) > 0:
+            problems.append(f"--{name.replace('_', '-')} must be > 0 (got {getattr(args, name)})")
+    if not 0.0 < args.gamma <= 1.0:
+        problems.append(f"--gamma must be in (0, 1] (got {args.gamma})")
+    if not 0.0 < args.ema_rate <= 1.0:
+        problems.append(f"--ema-rate must be in (0, 1] (got {args.ema_rate})")
+    if problems:
+        raise SystemExit("fqe_pretrain.py: " + "; ".join(problems))
+
+
+def episode_start_indices(episode_ends: np.ndarray) -> np.ndarray:
+    """Index 0 and every transition that follows the end of a trajectory."""
+    ends = np.flatnonzero(np.asarray(episode_ends)[:-1] > 0.5)
+    return np.concatenate([[0], ends + 1])
+
+
+def sanity_check(task, data, actor, critic, args: Args, device) -> dict:
+    """FQE's value of the BC policy at start states next to the policy's discounted return in the environment."""
+    start_obs = torch.as_tensor(data.observations[episode_start_indices(data.episode_ends)], device=device)
+    dataset_estimate = policy_value(critic, actor, start_obs)
+    result = {"fqe_value_dataset_starts": dataset_estimate.mean().item(), "dataset_starts": len(start_obs)}
+    if args.eval_episodes == 0:
+        return result
+    env_start_values = []
+
+    @torch.no_grad()
+    def policy(obs: np.ndarray) -> np.ndarray:
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        if not env_start_values:  # the first call sees every episode's initial state
+            env_start_values.append(policy_value(critic, actor, obs).cpu().numpy())
+        return actor(obs).cpu().numpy()
+
+    stats = evaluate(task, data, policy, num_episodes=args.eval_episodes, seed=args.seed, gamma=args.gamma)
+    result.update(
+        fqe_value_env_starts=float(np.mean(env_start_values[0])),
+        discounted_return=float(np.mean(stats["discounted_returns"])),
+        discounted_return_std=float(np.std(stats["discounted_returns"])),
+        score=float(stats["mean"]),
+        score_std=float(stats["std"]),
+    )
+    return result
+
+
+def main(args: Args) -> dict:
+    check_args(args)
+    device = resolve_device(args.device)
+    use_compile = device.type == "cuda" if args.compile is None else args.compile
     seed_everything(args.seed)
-    raise SystemExit("not implemented yet")
+    task = get_task(args.env_id)
+    data = load_dataset(task, args.dataset_path, args.download)
+    checkpoint_path = Path(args.checkpoint_path or pretrain_checkpoint_path(args.env_id, args.seed, data.fingerprint))
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run = init_tracking(args, run_name)
+    print(f"{args.env_id}: {len(data.observations)} transitions from {data.source}; device {device}, "
+          f"compile {use_compile}, cudagraphs {args.cudagraphs}")
+
+    transitions = transition_tensors(data, device)
+    stats = normalization_stats(data.observations, data.actions)
+    sizes = {"hidden_dim": args.hidden_dim, "num_layers": args.num_layers}
+    actor = Actor(stats["obs_mean"], stats["obs_std"], task.act_dim, **sizes).to(device)
+    critic = Critic(stats["obs_act_mean"], stats["obs_act_std"], **sizes).to(device)
+    ema_critic = ema_copy(critic)
+
+    def log_to(prefix: str, offset: int):
+        if run is None:
+            return None
+        return lambda step, metrics: run.log({f"{prefix}/{k}": v for k, v in metrics.items()}, step=offset + step)
+
+    metrics, timings = {}, {}
+    phases = (
+        ("bc", args.bc_steps, lambda: make_bc_update(
+            actor, torch.optim.Adam(actor.parameters(), lr=args.bc_lr), transitions, args.bc_batch_size)),
+        ("fqe", args.fqe_steps, lambda: make_fqe_update(
+            critic, ema_critic, actor, torch.optim.Adam(critic.parameters(), lr=args.fqe_lr), transitions,
+            args.fqe_batch_size, args.gamma, args.ema_rate, args.fqe_ema_on_next_state)),
+    )
+    offset = 0
+    for name, steps, make_update in phases:
+        if steps == 0:
+            continue
+        update = compile_step(make_update(), use_compile, args.cudagraphs, device)
+        start = time.perf_counter()
+        metrics.update(run_updates(update, steps, name.upper(), args.log_interval, device, args.cudagraphs,
+                                   log_to(name, offset)))
+        timings[f"{name}_seconds"] = time.perf_counter() - start
+        offset += steps
+
+    save_pretrain_checkpoint(checkpoint_path, actor, critic, ema_critic, data.fingerprint, args,
+                             metrics={**metrics, **timings})
+    print(f"checkpoint written: {checkpoint_path}")
+
+    check = sanity_check(task, data, actor, critic, args, device)
+    metrics.update(check)
+    print(f"final losses: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.endswith("loss")))
+    print(f"FQE estimate of the BC policy's value, Q(s0, pi(s0)) averaged over {check['dataset_starts']} "
+          f"dataset episode starts: {check['fqe_value_dataset_starts']:.3f}")
+    if "discounted_return" in check:
+        print(f"FQE estimate at the environment's start states: {check['fqe_value_env_starts']:.3f}; actual "
+              f"discounted return (gamma {args.gamma}) over {args.eval_episodes} episodes: "
+              f"{check['discounted_return']:.3f} +- {check['discounted_return_std']:.3f}")
+        print(f"BC policy score (success rate x 100 for mazes): {check['score']:.1f} +- {check['score_std']:.1f}")
+    if run is not None:
+        run.summary.update({f"final/{k}": v for k, v in metrics.items()})
+        run.finish()
+    return metrics
 
 
 if __name__ == "__main__":

@@ -1,8 +1,21 @@
-"""train_world_model: placeholder skeleton (being written)."""
+"""Train the probabilistic ensemble world model of LEQ (OfflineRL-Kit's training, batched and fast).
+
+    python train_world_model.py --env-id pointmaze-umaze-diverse
+    python train_world_model.py --env-id hopper-medium --dataset-path hopper_medium-v2.hdf5
+
+Seven probabilistic MLPs (4 x 200, SiLU) predict (next_obs - obs, reward) as Gaussians; training reproduces
+OfflineRL-Kit's EnsembleDynamics.train, which the LEQ authors used (leq-spec section 3): holdout min(20%, 1000),
+bootstrap per member, Adam 1e-3, batch 256, early stop after 5 epochs without a >1% holdout improvement,
+every member restored to its best snapshot, elites = the 5 best. All members run in one batched matmul per
+layer; data, bootstrap and shuffles stay on the device; --compile / --cudagraphs compile the training step.
+The checkpoint (checkpoints/world_model/{env_id}__seed{seed}__{fingerprint[:10]}.pt by default) is what
+leq_state.py loads.
+"""
 
 import os
 import random
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,10 +26,55 @@ import tyro
 
 @dataclass
 class Args:
+    env_id: str = "pointmaze-umaze-diverse"
+    """task id of the shared registry (e.g. antmaze-umaze, hopper-medium, pointmaze-umaze-diverse)"""
+    dataset_path: str | None = None
+    """a D4RL-format hdf5 or NeoRL npz file to use instead of the registry's default source"""
+    download: bool = False
+    """let Minari download the dataset when it is not on disk"""
     seed: int = 1
-    """random seed"""
+    """random seed (also part of the default checkpoint name)"""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'"""
+    compile: bool | None = None
+    """torch.compile the training step; None = the measured-fastest default for the device (CPU: eager)"""
+    cudagraphs: bool = False
+    """capture the compiled training step as CUDA graphs (CUDA only)"""
+    track: bool = False
+    """log to Weights & Biases"""
+    wandb_project_name: str = "leq-pytorch"
+    """wandb project"""
+    wandb_entity: str | None = None
+    """wandb entity (team)"""
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """name of this experiment"""
+    checkpoint_path: str | None = None
+    """where to write the checkpoint; None = checkpoints/world_model/{env_id}__seed{seed}__{fingerprint[:10]}.pt"""
+
+    num_members: int = 7
+    """ensemble size"""
+    num_elites: int = 5
+    """members kept for imagined rollouts (lowest holdout MSE)"""
+    hidden_dims: tuple[int, ...] = (200, 200, 200, 200)
+    """hidden layer widths"""
+    weight_decays: tuple[float, ...] = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)
+    """L2 coefficient of each layer's weights in the loss (one per hidden layer, then the output layer)"""
+    learning_rate: float = 1e-3
+    """Adam learning rate"""
+    batch_size: int = 256
+    """minibatch size per member"""
+    holdout_ratio: float = 0.2
+    """share of transitions held out for validation (capped by max_holdout_size)"""
+    max_holdout_size: int = 1000
+    """at most this many holdout transitions"""
+    logvar_loss_coef: float = 0.01
+    """weight of the penalty on the learned log-variance bounds"""
+    improvement_threshold: float = 0.01
+    """a member improves when its holdout MSE drops by more than this fraction of its best"""
+    max_epochs_since_update: int = 5
+    """stop after this many epochs without any member improving"""
+    max_epochs: int | None = None
+    """hard cap on epochs (None: run until the early stop, as the LEQ authors did)"""
 
 
 # ==== mirror: common (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
@@ -101,9 +159,1257 @@ def init_tracking(args, run_name: str):
 # ==== end mirror: common ====
 
 
-def main(args: Args) -> None:
+# ==== mirror: task (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py) ====
+"""Everything about a state-based task: registry, datasets, termination functions, evaluation.
+
+    task = get_task("pointmaze-umaze-diverse")        # Task: family, obs/act dims, tau (paper Table 10), ...
+    data = load_dataset(task, dataset_path=None, download=False)   # OfflineData (flat float32 arrays)
+    done = make_termination_fn(task, data)(obs, act, next_obs)     # batched torch bool [B] (leq-spec §6)
+    result = evaluate(task, data, policy, num_episodes=10, seed=0) # mean/std/scores/returns (x100 scores)
+
+Dataset sources (`dataset_path`): None = the task's default (a Minari dataset; generated automatically for the
+datasets this project makes), a Minari id (e.g. "D4RL/antmaze/umaze-v1", "mujoco/hopper/medium-v0"), a
+D4RL-format .hdf5 file (D4RL locomotion/antmaze, TAP antmaze-ultra) or a NeoRL .npz file. The reward LEQ and
+FQE train on is `rewards * reward_scale + reward_shift` (leq-spec §1); `rewards` stay raw for the world model.
+"""
+import hashlib
+import warnings
+from collections import deque
+
+MAZE_LAYOUTS = {  # 1 = wall, 0 = free; rows in D4RL's order (gymnasium-robotics draws row 0 at the top, +y)
+    "umaze": [[1, 1, 1, 1, 1], [1, 0, 0, 0, 1], [1, 1, 1, 0, 1], [1, 0, 0, 0, 1], [1, 1, 1, 1, 1]],
+    "medium": [
+        [1, 1, 1, 1, 1, 1, 1, 1], [1, 0, 0, 1, 1, 0, 0, 1], [1, 0, 0, 1, 0, 0, 0, 1], [1, 1, 0, 0, 0, 1, 1, 1],
+        [1, 0, 0, 1, 0, 0, 0, 1], [1, 0, 1, 0, 0, 1, 0, 1], [1, 0, 0, 0, 1, 0, 0, 1], [1, 1, 1, 1, 1, 1, 1, 1],
+    ],
+    "large": [
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1],
+        [1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1], [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
+        [1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1], [1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1],
+        [1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1], [1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1],
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    ],
+    "ultra": [  # LEQ's ULTRA_MAZE_TEST, 12 x 16 (datasets-and-envs.md §2.7)
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1],
+        [1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 0, 1, 0, 1], [1, 0, 1, 1, 1, 0, 1, 0, 0, 0, 0, 1, 0, 1, 0, 1],
+        [1, 0, 0, 0, 1, 0, 1, 1, 0, 1, 1, 1, 0, 1, 0, 1], [1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, 1, 1, 0, 1, 1], [1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 0, 0, 1, 0, 1, 1],
+        [1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 1], [1, 1, 0, 1, 1, 0, 1, 0, 0, 0, 1, 1, 1, 1, 0, 1],
+        [1, 1, 0, 1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    ],
+}
+MAZE_START_GOAL_CELLS = {"umaze": ((1, 1), (3, 1)), "medium": ((1, 1), (6, 6)), "large": ((1, 1), (7, 9)),
+                         "ultra": ((1, 1), (10, 14))}  # D4RL's eval start and goal (row, column)
+# Minari's D4RL/antmaze/umaze data map puts the goal at (1,1) and the start at (3,1): the same U with the rows
+# reversed, i.e. D4RL's umaze moved without mirroring (datasets-and-envs.md §2.4). We evaluate on that map.
+MINARI_ANTMAZE_UMAZE_START_GOAL = ((3, 1), (1, 1))
+MAZE_SCALING = {"antmaze": 4.0, "pointmaze": 1.0}  # metres per cell (hard-coded in gymnasium-robotics)
+# Mean D4RL eval goals in the D4RL frame ((0,0) = start cell centre, y grows with the row), leq-spec §6.
+D4RL_ANTMAZE_GOAL_CENTRES = {"umaze": (0.75, 8.75), "medium": (20.75, 20.75), "large": (32.75, 24.75),
+                             "ultra": (52.75, 36.75)}
+PLAY_GOAL_CELLS = {  # "play" data: goals from these few cells only ("diverse": from every free cell)
+    "umaze": [(1, 1), (1, 3), (3, 1)],
+    "medium": [(1, 1), (2, 6), (5, 1), (6, 5), (6, 6)],
+    "large": [(1, 1), (1, 6), (3, 5), (3, 10), (5, 2), (7, 4), (7, 6), (7, 9)],
+    "ultra": [(1, 1), (1, 14), (3, 9), (5, 3), (5, 13), (8, 5), (8, 11), (10, 4), (10, 14)],
+}
+POINTMAZE_EPISODE_STEPS = {"umaze": 300, "medium": 600, "large": 800, "ultra": 1600}  # gymnasium-robotics; ultra 2x large, as antmaze
+ANTMAZE_EPISODE_STEPS = {"umaze": 700, "medium": 1000, "large": 1000, "ultra": 2000}  # D4RL episode lengths
+MINARI_ANTMAZE_IDS = {"umaze": "D4RL/antmaze/umaze-v1", "umaze-diverse": "D4RL/antmaze/umaze-diverse-v1",
+                      "medium-play": "D4RL/antmaze/medium-play-v1", "medium-diverse": "D4RL/antmaze/medium-diverse-v1",
+                      "large-play": "D4RL/antmaze/large-play-v1", "large-diverse": "D4RL/antmaze/large-diverse-v1"}
+TAP_ULTRA_URL = "https://github.com/ZhengyaoJiang/d4rl/releases/download/public/Ant_maze_ultra_noisy_multistart_True_multigoal_{}_sparse.hdf5"
+ROBOTS = {  # gymnasium class name, action dim, obs dim (D4RL layout), obs dim (NeoRL layout, with x)
+    "hopper": ("Hopper", 3, 11, 12), "walker2d": ("Walker2d", 6, 17, 18), "halfcheetah": ("HalfCheetah", 6, 17, 18)}
+D4RL_REF_RETURNS = {"hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3),
+                    "halfcheetah": (-280.178953, 12135.0)}  # (random, expert), d4rl/gym_mujoco/__init__.py
+NEORL_REF_RETURNS = {"hopper": (5.0, 3294.0), "walker2d": (1.0, 5143.0), "halfcheetah": (-298.0, 12284.0)}  # leq-spec §1
+TAU_TABLE_10 = {  # paper Table 10; 0.1 where the paper has no entry
+    "antmaze-umaze": 0.1, "antmaze-umaze-diverse": 0.1, "antmaze-medium-play": 0.3, "antmaze-medium-diverse": 0.1,
+    "antmaze-large-play": 0.3, "antmaze-large-diverse": 0.3, "antmaze-ultra-play": 0.1, "antmaze-ultra-diverse": 0.1,
+    "hopper-random": 0.1, "hopper-medium": 0.1, "hopper-medium-replay": 0.3, "hopper-medium-expert": 0.1,
+    "walker2d-random": 0.1, "walker2d-medium": 0.3, "walker2d-medium-replay": 0.5, "walker2d-medium-expert": 0.1,
+    "halfcheetah-random": 0.3, "halfcheetah-medium": 0.3, "halfcheetah-medium-replay": 0.4,
+    "halfcheetah-medium-expert": 0.1,
+    "Hopper-v3-low": 0.1, "Hopper-v3-medium": 0.1, "Hopper-v3-high": 0.1, "Walker2d-v3-low": 0.3,
+    "Walker2d-v3-medium": 0.1, "Walker2d-v3-high": 0.1, "HalfCheetah-v3-low": 0.1, "HalfCheetah-v3-medium": 0.3,
+    "HalfCheetah-v3-high": 0.3,
+}
+GENERATED_NAMESPACE = "leq"  # Minari namespace of the datasets this project generates
+
+
+@dataclass(frozen=True)
+class Task:
+    env_id: str
+    family: str  # "antmaze" | "pointmaze" | "locomotion" | "neorl"
+    obs_dim: int
+    act_dim: int
+    tau: float  # paper Table 10
+    max_episode_steps: int
+    robot: str  # "ant" | "point" | "hopper" | "walker2d" | "halfcheetah"
+    level: str  # dataset level: "diverse", "play", "random", "medium", "low", ...
+    maze: str | None = None  # "umaze" | "medium" | "large" | "ultra"
+    goal_radius: float | None = None  # default radius of the goal region (relabelling and termination)
+    default_dataset: str | None = None  # Minari id read when no dataset path is given
+    generated: bool = False  # default dataset is made by this project (collect_dataset.py) when missing
+
+
+def _build_registry() -> dict:
+    tasks = {}
+    for maze, levels in [("umaze", ["", "-diverse"]), ("medium", ["-play", "-diverse"]),
+                         ("large", ["-play", "-diverse"]), ("ultra", ["-play", "-diverse"])]:
+        for level in levels:
+            env_id = f"antmaze-{maze}{level}"
+            tasks[env_id] = Task(env_id, "antmaze", 29, 8, TAU_TABLE_10[env_id], ANTMAZE_EPISODE_STEPS[maze], "ant",
+                                 level.lstrip("-") or "play", maze, 0.5, MINARI_ANTMAZE_IDS.get(f"{maze}{level}"))
+    for maze in MAZE_LAYOUTS:
+        for level in ["diverse", "play"]:
+            env_id = f"pointmaze-{maze}-{level}"
+            tasks[env_id] = Task(env_id, "pointmaze", 4, 2, 0.1, POINTMAZE_EPISODE_STEPS[maze], "point", level, maze,
+                                 0.45, f"{GENERATED_NAMESPACE}/pointmaze/{maze}-{level}-v0", generated=True)
+    for robot, (name, act_dim, obs_dim, neorl_obs_dim) in ROBOTS.items():
+        for level in ["random", "medium", "medium-replay", "medium-expert", "expert"]:
+            env_id = f"{robot}-{level}"
+            generated = level == "random"
+            default = f"{GENERATED_NAMESPACE}/mujoco/{robot}-random-v0" if generated else None
+            tasks[env_id] = Task(env_id, "locomotion", obs_dim, act_dim, TAU_TABLE_10.get(env_id, 0.1), 1000, robot,
+                                 level, default_dataset=default, generated=generated)
+        for level in ["low", "medium", "high"]:
+            env_id = f"{name}-v3-{level}"
+            tasks[env_id] = Task(env_id, "neorl", neorl_obs_dim, act_dim, TAU_TABLE_10[env_id], 1000, robot, level)
+    return tasks
+
+
+TASKS = _build_registry()
+
+
+def get_task(env_id: str) -> Task:
+    if env_id not in TASKS:
+        import difflib
+
+        close = difflib.get_close_matches(env_id, TASKS, n=3)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise SystemExit(f"unknown env id '{env_id}'.{hint} Known env ids: {', '.join(TASKS)}")
+    return TASKS[env_id]
+
+
+@dataclass
+class OfflineData:
+    observations: np.ndarray  # [N, obs] float32
+    actions: np.ndarray  # [N, act] float32, in [-1, 1]
+    rewards: np.ndarray  # [N] float32, raw (what the world model learns)
+    next_observations: np.ndarray  # [N, obs] float32
+    terminals: np.ndarray  # [N] float32, 1.0 = true terminal
+    episode_ends: np.ndarray  # [N] float32, 1.0 where the trajectory ends (terminal, timeout or discontinuity)
+    reward_scale: float  # training reward = rewards * reward_scale + reward_shift (leq-spec §1)
+    reward_shift: float
+    fingerprint: str  # stable hash of the env id and the arrays
+    source: str  # where the data came from (Minari id or file path)
+    maze_frame: str | None = None  # mazes: "gymnasium_robotics" (centred, y up) or "d4rl" (start cell at (0,0))
+    eval_gym_id: str | None = None  # locomotion/NeoRL: the gymnasium env that evaluates (matches the data)
+
+    def __len__(self) -> int:
+        return len(self.observations)
+
+
+# ---- datasets ---------------------------------------------------------------------------------------------------
+
+def minari_root() -> Path:
+    """Where Minari datasets live: $MINARI_DATASETS_PATH, else minari's default ~/.minari/datasets."""
+    return Path(os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets")
+
+
+def load_dataset(task: Task, dataset_path: str | None = None, download: bool = False) -> OfflineData:
+    """The task's offline data as flat float32 arrays; see the block docstring for the accepted sources."""
+    if dataset_path is None:
+        if task.default_dataset is None:
+            raise SystemExit(_how_to_get_data(task))
+        if task.generated and not (minari_root() / task.default_dataset / "data").is_dir():
+            print(f"{task.default_dataset} is not in {minari_root()}: generating it now (once; "
+                  f"`python collect_dataset.py {task.env_id}` does the same).")
+            generate_dataset(task)
+        return load_minari(task, task.default_dataset, download)
+    path = Path(dataset_path).expanduser()
+    if path.is_file() and path.suffix in (".hdf5", ".h5"):
+        return load_d4rl_hdf5(task, path)
+    if path.is_file() and path.suffix == ".npz":
+        return load_neorl_npz(task, path)
+    if path.exists():
+        raise SystemExit(f"--dataset-path {dataset_path}: expected a D4RL-format .hdf5 file, a NeoRL .npz file "
+                         f"or a Minari dataset id; got a {'folder' if path.is_dir() else 'file of unknown type'}.")
+    if "/" in dataset_path and not dataset_path.endswith((".hdf5", ".h5", ".npz")):
+        return load_minari(task, dataset_path, download)
+    raise SystemExit(f"--dataset-path {dataset_path} does not exist. {_how_to_get_data(task)}")
+
+
+def _how_to_get_data(task: Task) -> str:
+    if task.family == "antmaze" and task.maze == "ultra":
+        variant = "True" if task.level == "diverse" else "False"
+        return (f"{task.env_id} needs TAP's D4RL-format file: download {TAP_ULTRA_URL.format(variant)} and pass "
+                f"--dataset-path /path/to/that.hdf5.")
+    if task.family == "locomotion":
+        d4rl_name = f"{task.robot}_{task.level.replace('-', '_')}-v2.hdf5"
+        return (f"{task.env_id} needs a dataset: pass --dataset-path /path/to/{d4rl_name} (the D4RL file, "
+                f"http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{d4rl_name}), or a Minari id such "
+                f"as --dataset-path mujoco/{task.robot}/{task.level}-v0 (different data: gymnasium v5 envs) with "
+                f"--download. Only the *-random datasets are generated here: `python collect_dataset.py "
+                f"{task.robot}-random`.")
+    if task.family == "neorl":
+        name = task.env_id.split("-")[0]
+        return (f"{task.env_id} needs NeoRL's file {task.env_id}-1000-train-noise.npz (from the polixir/NeoRL "
+                f"repository's data links, http://datasets.polixir.site/v2/{name}/...; NOT the unrelated `neorl` "
+                f"package on PyPI): pass --dataset-path /path/to/{task.env_id}-1000-train-noise.npz.")
+    return f"{task.env_id} has no default dataset; pass --dataset-path."
+
+
+def load_minari(task: Task, dataset_id: str, download: bool = False) -> OfflineData:
+    """A Minari dataset (D4RL/antmaze, D4RL/pointmaze, mujoco/*, or one this project generated) as OfflineData."""
+    import minari
+
+    location = minari_root() / dataset_id
+    if not (location / "data").is_dir() and not download:
+        raise SystemExit(
+            f"Minari dataset {dataset_id} is not in {minari_root()} (set MINARI_DATASETS_PATH to look elsewhere). "
+            f"Get it with --download (needs internet and `pip install \"minari[hf]\"`), or `minari download "
+            f"{dataset_id}`, or copy its data/main_data.hdf5 and metadata.json into {location}/.")
+    try:
+        dataset = minari.load_dataset(dataset_id, download=download)
+    except ImportError as error:
+        raise SystemExit(f"downloading {dataset_id} failed: {error}") from None
+    except Exception as error:  # a broken or foreign folder: name it, not a library traceback
+        raise SystemExit(f"Minari dataset {dataset_id} at {location} cannot be read "
+                         f"({type(error).__name__}: {error}).") from None
+    pieces = {key: [] for key in ("observations", "actions", "rewards", "next_observations", "terminals", "ends")}
+    for episode in dataset.iterate_episodes():
+        obs = episode.observations
+        if isinstance(obs, dict):  # mazes: achieved_goal (xy) ++ observation (ant 27 -> 29, point: xy is in obs)
+            obs = obs["observation"] if task.family == "pointmaze" else np.concatenate(
+                [obs["achieved_goal"], obs["observation"]], axis=-1)
+        obs = np.asarray(obs, dtype=np.float32)
+        steps = len(episode.actions)
+        pieces["observations"].append(obs[:-1])
+        pieces["next_observations"].append(obs[1:])
+        pieces["actions"].append(np.asarray(episode.actions, dtype=np.float32).reshape(steps, -1))
+        pieces["rewards"].append(np.asarray(episode.rewards, dtype=np.float32).reshape(steps))
+        pieces["terminals"].append(np.asarray(episode.terminations, dtype=np.float32).reshape(steps))
+        ends = np.zeros(steps, dtype=np.float32)
+        ends[-1] = 1.0
+        pieces["ends"].append(ends)
+    if not pieces["actions"]:
+        raise SystemExit(f"Minari dataset {dataset_id} at {location} holds no episodes.")
+    arrays = {key: np.concatenate(value) for key, value in pieces.items()}
+    episode_ends = np.maximum(arrays.pop("ends"), arrays["terminals"])
+    source = f"minari:{dataset_id}"
+    _check_arrays(task, arrays, source)
+    frame, eval_gym_id = None, None
+    if task.family in ("antmaze", "pointmaze"):
+        frame = "gymnasium_robotics"
+        # Minari maze rewards are relative to each episode's own goal: relabel against the single eval goal (§1).
+        hit = _in_goal_region(arrays["next_observations"], maze_goal_centre(task, frame, dataset_id), task.goal_radius)
+        arrays["rewards"], arrays["terminals"] = hit, hit.copy()
+        episode_ends = np.maximum(episode_ends, hit)
+    else:
+        spec_id = dataset.env_spec.id if dataset.env_spec is not None else None
+        eval_gym_id = spec_id or _default_eval_gym_id(task)
+    return _finish(task, arrays, episode_ends, source, frame, eval_gym_id)
+
+
+def load_d4rl_hdf5(task: Task, path: Path) -> OfflineData:
+    """A D4RL-format hdf5 file (D4RL locomotion/antmaze, TAP antmaze-ultra), with or without `timeouts` and
+    `next_observations`. Episodes end at timeouts, terminals (locomotion), goal changes (`infos/goal`) and, without
+    `timeouts`, every max_episode_steps steps (D4RL's qlearning_dataset rule); rows whose next observation would be
+    the next episode's first observation are dropped."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as file:
+            raw = {}
+            file.visititems(lambda key, item: raw.__setitem__(key, item[()]) if isinstance(item, h5py.Dataset) else None)
+    except OSError as error:
+        raise SystemExit(f"{path} is not a readable hdf5 file ({error}).") from None
+    missing = [key for key in ("observations", "actions", "rewards", "terminals") if key not in raw]
+    if missing:
+        raise SystemExit(f"{path} is missing the key(s) {missing}; a D4RL-format file has observations, actions, "
+                         f"rewards, terminals (and optionally timeouts, next_observations, infos/goal). "
+                         f"It has: {sorted(raw)}.")
+    n = len(raw["observations"])
+    for key in ("actions", "rewards", "terminals", "timeouts", "next_observations", "infos/goal"):
+        if key in raw and len(raw[key]) != n:
+            raise SystemExit(f"{path}: '{key}' has {len(raw[key])} rows but 'observations' has {n}.")
+    obs = np.asarray(raw["observations"], dtype=np.float32)
+    terminals = np.asarray(raw["terminals"]).reshape(n).astype(bool)
+    timeouts = np.asarray(raw["timeouts"]).reshape(n).astype(bool) if "timeouts" in raw else None
+    boundary = timeouts.copy() if timeouts is not None else np.zeros(n, dtype=bool)
+    if "infos/goal" in raw:  # TAP's loader: a new goal means a new episode
+        goals = np.asarray(raw["infos/goal"])
+        boundary[:-1] |= np.any(goals[1:] != goals[:-1], axis=-1)
+    if timeouts is None:  # D4RL's qlearning_dataset: an episode also ends every max_episode_steps steps
+        boundary |= _every_k_steps_since_reset(terminals if task.family != "antmaze" else boundary,
+                                               task.max_episode_steps)
+    if "next_observations" in raw:
+        next_obs = np.asarray(raw["next_observations"], dtype=np.float32)
+        keep = np.ones(n, dtype=bool)
+    else:
+        next_obs = np.concatenate([obs[1:], obs[-1:]])
+        if task.family == "antmaze":  # a reset teleports the ant to the start: never pair across that jump
+            boundary[:-1] |= np.linalg.norm(obs[1:, :2] - obs[:-1, :2], axis=-1) > 2.0
+            ends_episode = boundary
+        else:  # a locomotion terminal ends its episode: obs[i+1] is the next episode's first observation
+            ends_episode = boundary | terminals
+            if terminals.any():
+                print(f"{path}: no next_observations, so the {int(terminals.sum())} terminal transitions (whose "
+                      f"next observation is not in the file) are dropped.")
+        keep = ~ends_episode
+        keep[-1] = False
+    arrays = {"observations": obs[keep], "actions": np.asarray(raw["actions"], dtype=np.float32)[keep],
+              "rewards": np.asarray(raw["rewards"], dtype=np.float32).reshape(n)[keep],
+              "next_observations": next_obs[keep], "terminals": terminals[keep].astype(np.float32)}
+    source = f"hdf5:{path}"
+    _check_arrays(task, arrays, source)
+    episode_ends = (boundary | terminals)[keep].astype(np.float32)
+    frame = "d4rl" if task.family in ("antmaze", "pointmaze") else None
+    return _finish(task, arrays, episode_ends, source, frame, None if frame else _default_eval_gym_id(task))
+
+
+def _every_k_steps_since_reset(resets: np.ndarray, k: int) -> np.ndarray:
+    """True at the k-th, 2k-th, ... step after each reset (a reset follows a True in `resets`)."""
+    out = np.zeros(len(resets), dtype=bool)
+    step = 0
+    for i, reset in enumerate(resets):
+        step += 1
+        if step == k:
+            out[i] = True
+        if reset or step == k:
+            step = 0
+    return out
+
+
+def load_neorl_npz(task: Task, path: Path) -> OfflineData:
+    """A NeoRL npz file (obs, next_obs, action, reward, done, index = trajectory start offsets)."""
+    try:
+        raw = dict(np.load(path))
+    except Exception as error:
+        raise SystemExit(f"{path} is not a readable npz file ({type(error).__name__}: {error}).") from None
+    missing = [key for key in ("obs", "next_obs", "action", "reward", "done") if key not in raw]
+    if missing:
+        raise SystemExit(f"{path} is missing the key(s) {missing}; a NeoRL file has obs, next_obs, action, reward, "
+                         f"done, index. It has: {sorted(raw)}.")
+    n = len(raw["obs"])
+    for key in ("next_obs", "action", "reward", "done"):
+        if len(raw[key]) != n:
+            raise SystemExit(f"{path}: '{key}' has {len(raw[key])} rows but 'obs' has {n}.")
+    arrays = {"observations": raw["obs"].astype(np.float32), "actions": raw["action"].astype(np.float32),
+              "rewards": raw["reward"].astype(np.float32).reshape(n),
+              "next_observations": raw["next_obs"].astype(np.float32),
+              "terminals": raw["done"].astype(np.float32).reshape(n)}
+    source = f"npz:{path}"
+    _check_arrays(task, arrays, source)
+    episode_ends = arrays["terminals"].copy()
+    starts = np.asarray(raw.get("index", []), dtype=np.int64).reshape(-1)
+    starts = starts[(starts > 0) & (starts <= n)]
+    episode_ends[starts - 1] = 1.0
+    return _finish(task, arrays, episode_ends, source, None, _default_eval_gym_id(task))
+
+
+def _check_arrays(task: Task, arrays: dict, source: str) -> None:
+    """Refuse data that does not fit the task: wrong dimensions or non-finite values, naming the source."""
+    n = len(arrays["observations"])
+    if n == 0:
+        raise SystemExit(f"{source}: no transitions left after splitting into episodes.")
+    for key, width in (("observations", task.obs_dim), ("next_observations", task.obs_dim), ("actions", task.act_dim)):
+        shape = arrays[key].shape
+        if arrays[key].ndim != 2 or shape[1] != width:
+            raise SystemExit(f"{source}: '{key}' has shape {shape}, but {task.env_id} needs [N, {width}]. "
+                             f"Is this the dataset of {task.env_id}?")
+    for key, value in arrays.items():
+        if len(value) != n:
+            raise SystemExit(f"{source}: '{key}' has {len(value)} rows but observations has {n}.")
+        bad = ~np.isfinite(value)
+        if bad.any():
+            rows = np.nonzero(bad.reshape(n, -1).any(-1))[0]
+            raise SystemExit(f"{source}: '{key}' has {len(rows)} rows with NaN or inf (first: row {rows[0]}).")
+
+
+def _finish(task, arrays, episode_ends, source, frame, eval_gym_id) -> OfflineData:
+    obs, next_obs = arrays["observations"], arrays["next_observations"]
+    jumps = np.zeros(len(obs), dtype=bool)
+    jumps[:-1] = np.any(np.abs(next_obs[:-1] - obs[1:]) > 1e-6, axis=-1)  # discontinuity ends a trajectory (§1)
+    episode_ends = np.maximum(episode_ends, jumps.astype(np.float32))
+    episode_ends[-1] = 1.0
+    # IQL/LEQ clip dataset actions into the open interval so that tanh policies can represent them.
+    actions = np.clip(arrays["actions"], -1 + 1e-5, 1 - 1e-5)
+    scale, shift = reward_scale_and_shift(task, arrays["rewards"], episode_ends)
+    digest = hashlib.sha1(task.env_id.encode())
+    for value in (obs, actions, arrays["rewards"], next_obs, arrays["terminals"], episode_ends):
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return OfflineData(obs, actions, arrays["rewards"], next_obs, arrays["terminals"].astype(np.float32),
+                       episode_ends.astype(np.float32), scale, shift, digest.hexdigest(), source, frame, eval_gym_id)
+
+
+def reward_scale_and_shift(task: Task, rewards: np.ndarray, episode_ends: np.ndarray) -> tuple[float, float]:
+    """leq-spec §1: mazes r - 1; locomotion/NeoRL r * 1000 / (max - min trajectory return), random data raw."""
+    if task.family in ("antmaze", "pointmaze"):
+        return 1.0, -1.0
+    if task.family == "locomotion" and task.level == "random":
+        return 1.0, 0.0
+    ends = np.nonzero(episode_ends)[0]
+    returns = np.add.reduceat(rewards.astype(np.float64), np.concatenate([[0], ends[:-1] + 1]))
+    spread = float(returns.max() - returns.min())
+    if spread <= 0:
+        raise SystemExit(f"{task.env_id}: every trajectory has the same return ({returns[0]:.3f}); the IQL reward "
+                         f"scaling 1000 / (max - min return) is undefined. Is the dataset right?")
+    return 1000.0 / spread, 0.0
+
+
+def _default_eval_gym_id(task: Task) -> str:
+    return f"{ROBOTS[task.robot][0]}-v4"  # D4RL's layout and dynamics (v3 XML on current bindings)
+
+
+# ---- mazes: geometry ---------------------------------------------------------------------------------------------
+
+def maze_start_goal_cells(task: Task, dataset_id: str | None = None) -> tuple:
+    """(start, goal) cells of the eval task, in the row order of the maze the data was collected in."""
+    if task.family == "antmaze" and task.maze == "umaze" and dataset_id and dataset_id.startswith("D4RL/antmaze"):
+        return MINARI_ANTMAZE_UMAZE_START_GOAL
+    return MAZE_START_GOAL_CELLS[task.maze]
+
+
+def cell_centre(task: Task, cell) -> np.ndarray:
+    """Centre of maze cell (row, column) in the gymnasium-robotics frame (maze centred at 0, row 0 at the top)."""
+    rows, cols, scale = len(MAZE_LAYOUTS[task.maze]), len(MAZE_LAYOUTS[task.maze][0]), MAZE_SCALING[task.family]
+    return np.array([(cell[1] + 0.5) * scale - cols * scale / 2, rows * scale / 2 - (cell[0] + 0.5) * scale])
+
+
+def d4rl_to_gymnasium_offset(task: Task) -> np.ndarray:
+    """xy_gymnasium = xy_d4rl + offset on the row-reversed map: D4RL's maze moved, not mirrored (datasets §2.4)."""
+    rows, cols, scale = len(MAZE_LAYOUTS[task.maze]), len(MAZE_LAYOUTS[task.maze][0]), MAZE_SCALING[task.family]
+    return np.array([scale * (1.5 - cols / 2), scale * (1.5 - rows / 2)])
+
+
+def maze_goal_centre(task: Task, frame: str, dataset_id: str | None = None) -> np.ndarray:
+    """Centre of the goal region in the data's frame (leq-spec §6)."""
+    if frame == "d4rl":
+        if task.family != "antmaze":
+            raise SystemExit(f"{task.env_id}: D4RL-frame data is only supported for antmaze.")
+        return np.array(D4RL_ANTMAZE_GOAL_CENTRES[task.maze])
+    return cell_centre(task, maze_start_goal_cells(task, dataset_id)[1])
+
+
+def _in_goal_region(next_obs: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
+    return (np.linalg.norm(next_obs[:, :2] - centre, axis=-1) <= radius).astype(np.float32)
+
+
+# ---- termination functions (leq-spec §6) ------------------------------------------------------------------------
+
+def make_termination_fn(task: Task, data: OfflineData, goal_radius: float | None = None):
+    """fn(obs, act, next_obs) -> bool tensor [B]: True where the true environment would terminate."""
+    if task.family in ("antmaze", "pointmaze"):
+        centre = torch.tensor(maze_goal_centre(task, data.maze_frame, data.source.removeprefix("minari:")),
+                              dtype=torch.float32)
+        radius_sq = float(goal_radius if goal_radius is not None else task.goal_radius) ** 2
+
+        def maze_done(obs, act, next_obs):
+            return ((next_obs[:, :2] - centre.to(next_obs.device)) ** 2).sum(-1) <= radius_sq
+
+        return maze_done
+    offset = 1 if task.family == "neorl" else 0  # NeoRL observations start with x: z, angle shift by one
+
+    def hopper_done(obs, act, next_obs):
+        height, angle = next_obs[:, offset], next_obs[:, offset + 1]
+        state = next_obs[:, 3:] if offset else next_obs[:, 1:]
+        alive = (torch.isfinite(next_obs).all(-1) & (state.abs() < 100).all(-1) & (height > 0.7)
+                 & (angle.abs() < 0.2))
+        return ~alive
+
+    def walker2d_done(obs, act, next_obs):
+        height, angle = next_obs[:, offset], next_obs[:, offset + 1]
+        state = next_obs[:, offset + 2:] if offset else next_obs
+        alive = (((state > -100) & (state < 100)).all(-1) & (height > 0.8) & (height < 2.0)
+                 & (angle > -1.0) & (angle < 1.0))
+        return ~alive
+
+    def halfcheetah_done(obs, act, next_obs):
+        if offset:  # NeoRL's own rule: HalfCheetah never terminates (x grows without bound)
+            return torch.zeros(next_obs.shape[0], dtype=torch.bool, device=next_obs.device)
+        return ~((next_obs > -100) & (next_obs < 100)).all(-1)
+
+    return {"hopper": hopper_done, "walker2d": walker2d_done, "halfcheetah": halfcheetah_done}[task.robot]
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------------------
+
+class EvalEnv:
+    """A gymnasium env seen in the dataset's layout: reset(seed) -> obs, step(a) -> (obs, reward, done, success).
+
+    `done` is termination or the time limit; `success` (mazes) is whether the goal was reached."""
+
+    def __init__(self, env, to_obs, pinned_goal=None):
+        self.env, self.to_obs, self.pinned_goal = env, to_obs, pinned_goal
+
+    def reset(self, seed: int) -> np.ndarray:
+        obs, _ = self.env.reset(seed=seed)
+        if self.pinned_goal is not None:
+            maze_env = self.env.unwrapped
+            maze_env.goal = self.pinned_goal.copy()
+            maze_env.update_target_site_pos()
+        return self.to_obs(obs)
+
+    def step(self, action: np.ndarray):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self.to_obs(obs), float(reward), bool(terminated or truncated), bool(info.get("success", False))
+
+    def render(self):
+        return self.env.render()
+
+
+def _flat_maze_obs(task: Task, offset=None):
+    def to_obs(obs):
+        if task.family == "pointmaze":
+            return obs["observation"].astype(np.float32)
+        xy = obs["achieved_goal"] if offset is None else obs["achieved_goal"] - offset
+        return np.concatenate([xy, obs["observation"]]).astype(np.float32)
+    return to_obs
+
+
+def _maze_map(task: Task, start, goal, reverse_rows: bool = False) -> list:
+    layout = [list(row) for row in MAZE_LAYOUTS[task.maze]]
+    layout[start[0]][start[1]], layout[goal[0]][goal[1]] = "r", "g"
+    return layout[::-1] if reverse_rows else layout
+
+
+def make_maze_env(task: Task, maze_map, continuing_task: bool, max_episode_steps: int, render_mode=None, **kwargs):
+    """A gymnasium-robotics PointMaze (v3) or AntMaze (v4, 27-dim ant obs as Minari's data) on `maze_map`."""
+    import gymnasium as gym
+    import gymnasium_robotics
+
+    gym.register_envs(gymnasium_robotics)
+    env_id = "PointMaze_UMaze-v3" if task.family == "pointmaze" else "AntMaze_UMaze-v4"
+    return gym.make(env_id, maze_map=maze_map, continuing_task=continuing_task, max_episode_steps=max_episode_steps,
+                    render_mode=render_mode, **kwargs)
+
+
+def make_eval_env(task: Task, data: OfflineData, render_mode=None) -> EvalEnv:
+    """The environment that scores a policy trained on `data`: episodes end on success for mazes."""
+    if task.family == "antmaze" and data.maze_frame == "d4rl":
+        return make_antmaze_eval_env_for_d4rl_data(task, render_mode)
+    if task.family in ("antmaze", "pointmaze"):
+        start, goal = maze_start_goal_cells(task, data.source.removeprefix("minari:"))
+        env = make_maze_env(task, _maze_map(task, start, goal), False, task.max_episode_steps, render_mode)
+        return EvalEnv(env, _flat_maze_obs(task))
+    import gymnasium as gym
+
+    kwargs = {"exclude_current_positions_from_observation": False} if task.family == "neorl" else {}
+    env = gym.make(data.eval_gym_id or _default_eval_gym_id(task), max_episode_steps=task.max_episode_steps,
+                   render_mode=render_mode, **kwargs)
+    return EvalEnv(env, lambda obs: obs.astype(np.float32))
+
+
+def make_antmaze_eval_env_for_d4rl_data(task: Task, render_mode=None) -> EvalEnv:
+    """Eval env for D4RL-format antmaze data (D4RL frame). For now gymnasium-robotics' AntMaze on the row-reversed
+    map (D4RL's maze moved, not mirrored), observations moved back into the D4RL frame and the goal pinned at
+    D4RL's mean goal. Its ant is NOT D4RL's (dt 0.05 vs 0.1, gear 150 vs 30, other reset noise:
+    datasets-and-envs.md §1.3), so scores of D4RL-trained policies here are not D4RL scores."""
+    warnings.warn("evaluating D4RL-format antmaze data in gymnasium-robotics' AntMaze: the ant's physics and control "
+                  "rate differ from D4RL's, so this score is not comparable to D4RL numbers.", stacklevel=2)
+    start, goal = MAZE_START_GOAL_CELLS[task.maze]
+    offset = d4rl_to_gymnasium_offset(task)
+    env = make_maze_env(task, _maze_map(task, start, goal, reverse_rows=True), False, task.max_episode_steps,
+                        render_mode)
+    return EvalEnv(env, _flat_maze_obs(task, offset), pinned_goal=np.array(D4RL_ANTMAZE_GOAL_CENTRES[task.maze]) + offset)
+
+
+def normalized_score(task: Task, episode_return: float, success: bool) -> float:
+    """x100: success rate for mazes, D4RL / NeoRL normalised return otherwise."""
+    if task.family in ("antmaze", "pointmaze"):
+        return 100.0 * float(success)
+    low, high = (NEORL_REF_RETURNS if task.family == "neorl" else D4RL_REF_RETURNS)[task.robot]
+    return 100.0 * (episode_return - low) / (high - low)
+
+
+def evaluate(task: Task, data: OfflineData, policy, num_episodes: int, seed: int, gamma: float | None = None,
+             video_path: str | None = None) -> dict:
+    """Run `num_episodes` episodes side by side with the deterministic `policy` (numpy [n, obs] -> [n, act]).
+
+    Returns mean/std of the x100 scores, per-episode scores and returns, and (with gamma) the discounted return of
+    the training reward r * reward_scale + reward_shift, to compare with a critic's estimate."""
+    envs = [make_eval_env(task, data, "rgb_array" if video_path and i == 0 else None) for i in range(num_episodes)]
+    obs = np.stack([env.reset(seed=seed + i) for i, env in enumerate(envs)])
+    active = np.ones(num_episodes, dtype=bool)
+    returns, discounted = np.zeros(num_episodes), np.zeros(num_episodes)
+    success = np.zeros(num_episodes, dtype=bool)
+    frames = [envs[0].render()] if video_path else None
+    for t in range(task.max_episode_steps):
+        actions = np.asarray(policy(obs), dtype=np.float32)
+        if actions.shape != (num_episodes, task.act_dim):
+            raise ValueError(f"policy returned actions of shape {actions.shape}, expected {(num_episodes, task.act_dim)}")
+        for i in np.nonzero(active)[0]:
+            obs[i], reward, done, reached = envs[i].step(np.clip(actions[i], -1.0, 1.0))
+            returns[i] += reward
+            if gamma is not None:
+                discounted[i] += gamma ** t * (reward * data.reward_scale + data.reward_shift)
+            success[i] |= reached
+            active[i] = not done
+            if i == 0 and frames is not None and not done:
+                frames.append(envs[0].render())
+        if not active.any():
+            break
+    for env in envs:
+        env.env.close()
+    if video_path:
+        _write_video(frames, video_path, fps=30)
+    scores = np.array([normalized_score(task, r, s) for r, s in zip(returns, success)])
+    result = {"mean": float(scores.mean()), "std": float(scores.std()), "scores": scores, "returns": returns}
+    if gamma is not None:
+        result["discounted_returns"] = discounted
+    return result
+
+
+def _write_video(frames: list, path: str, fps: int) -> None:
+    import imageio  # installed with gymnasium-robotics; .gif needs only pillow, .mp4 needs imageio-ffmpeg
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        imageio.mimsave(path, frames, fps=fps) if not path.endswith(".gif") else imageio.mimsave(
+            path, frames, duration=1000 / fps)
+    except Exception as error:
+        raise SystemExit(f"could not write the video {path} ({type(error).__name__}: {error}); a .gif path needs "
+                         f"no extra package, .mp4 needs `pip install imageio-ffmpeg`.") from None
+
+
+# ---- datasets this project generates -----------------------------------------------------------------------------
+
+def generate_dataset(task: Task, steps: int = 1_000_000, seed: int = 0, force: bool = False,
+                     dataset_id: str | None = None) -> str:
+    """Collect `steps` transitions in the real environment and store them as a Minari dataset; returns its id.
+
+    pointmaze-*: cell planner + PD controller with action noise (D4RL/Minari style), a new goal at each success;
+    {hopper,walker2d,halfcheetah}-random: uniform random actions in the gymnasium v4 env (D4RL's layout);
+    antmaze-*: uniform random actions in gymnasium-robotics' AntMaze (for tests only: no ant controller here)."""
+    if task.family == "pointmaze" or (task.family == "locomotion" and task.level == "random"):
+        dataset_id = dataset_id or task.default_dataset
+        collect = collect_pointmaze if task.family == "pointmaze" else collect_locomotion_random
+    elif task.family == "antmaze":
+        dataset_id = dataset_id or f"{GENERATED_NAMESPACE}/antmaze/{task.maze}-random-v0"
+        collect = collect_antmaze_random
+    else:
+        raise SystemExit(f"{task.env_id}: this project generates only pointmaze-*, *-random locomotion and (for "
+                         f"tests) random-action antmaze data. {_how_to_get_data(task)}")
+    target = minari_root() / dataset_id
+    if (target / "data").is_dir() and not force:
+        raise SystemExit(f"{target} already exists; pass --force to replace it.")
+    episodes, env, summary = collect(task, steps, seed)
+    _write_minari(dataset_id, episodes, env, summary, seed)
+    print(summary)
+    return dataset_id
+
+
+def _write_minari(dataset_id: str, episodes: list, env, description: str, seed: int) -> None:
+    """Write to a temporary root, then move into place: a crash never leaves half a dataset."""
+    import shutil
+
+    import minari
+
+    root = minari_root()
+    tmp_root = root / f".tmp-{os.getpid()}"
+    previous = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(tmp_root)
+    try:
+        minari.create_dataset_from_buffers(
+            dataset_id=dataset_id, buffer=episodes, env=env, eval_env=env.spec, algorithm_name=description.split(":")[0],
+            author="leq-pytorch collect_dataset.py", author_email="n/a", code_permalink="collect_dataset.py",
+            description=f"{description} (seed {seed})")
+    finally:
+        if previous is None:
+            os.environ.pop("MINARI_DATASETS_PATH")
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = previous
+        env.close()
+    target = root / dataset_id
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp_root / dataset_id, target)
+    shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+def _episode_buffer(index: int, seed, observations, actions, rewards, terminations, truncations):
+    from minari.data_collector import EpisodeBuffer
+
+    as_array = (lambda v: {k: np.asarray(x) for k, x in v.items()}) if isinstance(observations, dict) else np.asarray
+    return EpisodeBuffer(id=index, seed=seed, observations=as_array(observations),
+                         actions=np.asarray(actions, dtype=np.float32), rewards=np.asarray(rewards, dtype=np.float64),
+                         terminations=np.asarray(terminations, dtype=bool), truncations=np.asarray(truncations, dtype=bool))
+
+
+class MazePlanner:
+    """Shortest paths over maze cells (BFS from the goal cell) and the next waypoint toward the goal."""
+
+    def __init__(self, task: Task):
+        self.task, self.layout, self.distances = task, MAZE_LAYOUTS[task.maze], {}
+        self.scale = MAZE_SCALING[task.family]
+
+    def cell_of(self, xy) -> tuple:
+        rows, cols = len(self.layout), len(self.layout[0])
+        return int(np.floor(rows / 2 - xy[1] / self.scale)), int(np.floor(xy[0] / self.scale + cols / 2))
+
+    def _distances_to(self, goal_cell) -> dict:
+        if goal_cell not in self.distances:
+            distance, queue = {goal_cell: 0}, deque([goal_cell])
+            while queue:
+                row, col = queue.popleft()
+                for neighbour in ((row + 1, col), (row - 1, col), (row, col + 1), (row, col - 1)):
+                    if self.layout[neighbour[0]][neighbour[1]] != 1 and neighbour not in distance:
+                        distance[neighbour] = distance[(row, col)] + 1
+                        queue.append(neighbour)
+            self.distances[goal_cell] = distance
+        return self.distances[goal_cell]
+
+    def waypoint(self, xy, goal_xy) -> np.ndarray:
+        """The goal itself in the goal's cell, else the centre of the neighbouring cell one step closer."""
+        here, goal_cell = self.cell_of(xy), self.cell_of(goal_xy)
+        distance = self._distances_to(goal_cell)
+        if here == goal_cell or here not in distance:
+            return np.asarray(goal_xy)
+        row, col = here
+        step = min(((row + 1, col), (row - 1, col), (row, col + 1), (row, col - 1)),
+                   key=lambda cell: distance.get(cell, np.inf))
+        return cell_centre(self.task, step)
+
+
+def collect_pointmaze(task: Task, steps: int, seed: int):
+    """PointMaze driven by MazePlanner + PD control (a = 10 (waypoint - xy) - v + N(0, 0.5^2), as Minari's
+    pointmaze data); the env draws a new goal at each success, and an episode ends there (or after
+    max_episode_steps without success, when the env is reset)."""
+    from tqdm import tqdm
+
+    layout = [list(row) for row in MAZE_LAYOUTS[task.maze]]
+    if task.level == "play":
+        for row, col in PLAY_GOAL_CELLS[task.maze]:
+            layout[row][col] = "g"  # goals only here; resets anywhere
+    env = make_maze_env(task, layout, continuing_task=True, max_episode_steps=10 * steps + 1, reset_target=True)
+    planner, rng = MazePlanner(task), np.random.default_rng(seed)
+    episodes, reached, timed_out = [], 0, 0
+    obs, _ = env.reset(seed=seed)
+    episode = _new_maze_episode(obs)
+    for _ in tqdm(range(steps), desc=f"collecting {task.env_id}", mininterval=1.0):
+        point = obs["observation"]
+        goal = env.unwrapped.goal.copy()
+        action = 10.0 * (planner.waypoint(point[:2], goal) - point[:2]) - point[2:] + rng.normal(0.0, 0.5, 2)
+        action = np.clip(action, -1.0, 1.0).astype(np.float32)
+        obs, reward, terminated, _, info = env.step(action)
+        too_long = len(episode["actions"]) + 1 >= task.max_episode_steps and not info["success"]
+        _append_maze_step(episode, obs, action, reward, terminated, info["success"] or too_long)
+        reached += info["success"]
+        if info["success"] or too_long:
+            episodes.append(_episode_buffer(len(episodes), seed, **episode))
+            timed_out += too_long
+            if too_long:
+                obs, _ = env.reset()
+            episode = _new_maze_episode(obs)
+    if episode["actions"]:
+        episode["truncations"][-1] = True
+        episodes.append(_episode_buffer(len(episodes), seed, **episode))
+    rate = reached / max(reached + timed_out, 1)
+    summary = (f"planner+PD: {steps} steps, {len(episodes)} episodes; the controller reached its goal in "
+               f"{reached} of {reached + timed_out} finished episodes ({100 * rate:.1f}%)")
+    return episodes, env, summary
+
+
+def _new_maze_episode(obs) -> dict:
+    return {"observations": {key: [value] for key, value in obs.items()}, "actions": [], "rewards": [],
+            "terminations": [], "truncations": []}
+
+
+def _append_maze_step(episode, obs, action, reward, terminated, truncated) -> None:
+    for key, value in obs.items():
+        episode["observations"][key].append(value)
+    episode["actions"].append(action)
+    episode["rewards"].append(reward)
+    episode["terminations"].append(terminated)
+    episode["truncations"].append(truncated)
+
+
+def collect_antmaze_random(task: Task, steps: int, seed: int):
+    """Uniform random actions in gymnasium-robotics' AntMaze on the eval map (tests only: the ant barely moves)."""
+    from tqdm import tqdm
+
+    env = make_maze_env(task, _maze_map(task, *MAZE_START_GOAL_CELLS[task.maze]), True, task.max_episode_steps)
+    env.action_space.seed(seed)
+    episodes = []
+    obs, _ = env.reset(seed=seed)
+    episode = _new_maze_episode(obs)
+    for _ in tqdm(range(steps), desc=f"collecting random {task.env_id}", mininterval=1.0):
+        action = env.action_space.sample()
+        obs, reward, terminated, truncated, _ = env.step(action)
+        _append_maze_step(episode, obs, action, reward, terminated, truncated)
+        if terminated or truncated:
+            episodes.append(_episode_buffer(len(episodes), seed, **episode))
+            obs, _ = env.reset()
+            episode = _new_maze_episode(obs)
+    if episode["actions"]:
+        episode["truncations"][-1] = True
+        episodes.append(_episode_buffer(len(episodes), seed, **episode))
+    return episodes, env, f"random actions: {steps} steps, {len(episodes)} episodes"
+
+
+def collect_locomotion_random(task: Task, steps: int, seed: int):
+    """Uniform random actions in the gymnasium v4 env (D4RL's observation layout), episodes of at most 1000 steps."""
+    import gymnasium as gym
+    from tqdm import tqdm
+
+    env = gym.make(_default_eval_gym_id(task), max_episode_steps=task.max_episode_steps)
+    env.action_space.seed(seed)
+    episodes, returns = [], []
+    obs, _ = env.reset(seed=seed)
+    episode = {"observations": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
+    for _ in tqdm(range(steps), desc=f"collecting {task.env_id}", mininterval=1.0):
+        action = env.action_space.sample()
+        obs, reward, terminated, truncated, _ = env.step(action)
+        for key, value in (("observations", obs), ("actions", action), ("rewards", reward),
+                           ("terminations", terminated), ("truncations", truncated)):
+            episode[key].append(value)
+        if terminated or truncated:
+            episodes.append(_episode_buffer(len(episodes), seed, **episode))
+            returns.append(sum(episode["rewards"]))
+            obs, _ = env.reset()
+            episode = {"observations": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
+    if episode["actions"]:
+        episode["truncations"][-1] = True
+        episodes.append(_episode_buffer(len(episodes), seed, **episode))
+    summary = (f"random actions: {steps} steps, {len(episodes)} episodes, mean finished-episode return "
+               f"{np.mean(returns) if returns else float('nan'):.1f}")
+    return episodes, env, summary
+# ==== end mirror: task ====
+
+
+# ==== mirror: world_model (identical in train_world_model.py, leq_state.py) ====
+"""World model: OfflineRL-Kit's probabilistic ensemble (what the LEQ authors trained), batched and fast.
+
+Public API (stable; leq_state.py builds on it):
+  EnsembleDynamics(obs_dim, act_dim, num_members=7, num_elites=5, hidden_dims=(200, 200, 200, 200),
+                   weight_decays=(2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4), device="cpu")   nn.Module
+      forward(x, members=None) -> (mean, logvar), each [E, B, obs_dim + 1] = (delta obs, reward).
+          x: standardised inputs [B, in] (shared by all members) or [E, B, in]; members: long [E] ids of the
+          members to run (default: all). One batched matmul per layer for all members.
+      normalize(obs, act) -> standardised [B, obs_dim + act_dim] with the train-split scaler.
+      buffers (saved with the weights): input_mean, input_std [obs_dim + act_dim], elites long [num_elites].
+  train_dynamics(model, observations, actions, rewards, next_observations, ...) -> dict
+      OfflineRL-Kit's EnsembleDynamics.train exactly (leq-spec section 3); arrays numpy or torch, rewards RAW
+      [N]. Returns {"holdout_losses": [E] best holdout MSE per member, "elites", "epochs", "history"}.
+  draw_route(model, batch_size, routing) -> long [B]: the elite slot (0..num_elites-1) of each sample.
+      "exact": iid uniform per sample (OfflineRL-Kit); "balanced": a random permutation split evenly.
+  transition(model, obs, act, route, noise, routing) -> (next_obs [B, obs_dim], reward [B] RAW)
+      reparameterised draw mean + exp(logvar / 2) * noise from the routed elite (noise [B, obs_dim + 1] ~ N(0, 1);
+      zeros give the mean): differentiable w.r.t. obs and act. "exact" runs every elite on every sample and
+      picks; "balanced" runs each elite on its share only (one member's cost).
+  sample_step(model, obs, act, routing="exact") -> (next_obs, reward): draws route and noise, then transition.
+  world_model_path(env_id, seed, fingerprint) -> Path of the default checkpoint.
+  save_world_model(path, model, fingerprint, **extra) / load_world_model(path, fingerprint, device)
+      -> (model, checkpoint dict); a checkpoint of another dataset is refused.
+"""
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class EnsembleDynamics(nn.Module):
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        num_members: int = 7,
+        num_elites: int = 5,
+        hidden_dims: tuple[int, ...] = (200, 200, 200, 200),
+        weight_decays: tuple[float, ...] = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4),
+        device="cpu",
+    ):
+        super().__init__()
+        if len(weight_decays) != len(hidden_dims) + 1:
+            raise ValueError(f"need one weight decay per layer ({len(hidden_dims) + 1}), got {len(weight_decays)}")
+        if not 0 < num_elites <= num_members:
+            raise ValueError(f"num_elites must be in 1..num_members={num_members}, got {num_elites}")
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.num_members, self.num_elites = num_members, num_elites
+        self.hidden_dims, self.weight_decays = tuple(hidden_dims), tuple(weight_decays)
+        sizes = [obs_dim + act_dim, *hidden_dims, 2 * (obs_dim + 1)]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            weight = torch.empty(num_members, fan_in, fan_out, device=device)
+            nn.init.trunc_normal_(weight, std=1 / (2 * fan_in**0.5))  # bounds +-2 absolute: barely truncates
+            self.weights.append(nn.Parameter(weight))
+            self.biases.append(nn.Parameter(torch.zeros(num_members, 1, fan_out, device=device)))
+        self.max_logvar = nn.Parameter(torch.full((obs_dim + 1,), 0.5, device=device))
+        self.min_logvar = nn.Parameter(torch.full((obs_dim + 1,), -10.0, device=device))
+        self.register_buffer("input_mean", torch.zeros(obs_dim + act_dim, device=device))
+        self.register_buffer("input_std", torch.ones(obs_dim + act_dim, device=device))
+        self.register_buffer("elites", torch.arange(num_elites, device=device))
+
+    def config(self) -> dict:
+        return dict(
+            obs_dim=self.obs_dim, act_dim=self.act_dim, num_members=self.num_members, num_elites=self.num_elites,
+            hidden_dims=self.hidden_dims, weight_decays=self.weight_decays,
+        )
+
+    def normalize(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return (torch.cat([obs, act], dim=-1) - self.input_mean) / self.input_std
+
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None):
+        count = self.num_members if members is None else members.shape[0]
+        if x.dim() == 2:
+            x = x.expand(count, *x.shape)
+        last = len(self.weights) - 1
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            if members is not None:
+                weight, bias = weight[members], bias[members]
+            x = torch.baddbmm(bias, x, weight)
+            if i < last:
+                x = F.silu(x)
+        mean, logvar = x.chunk(2, dim=-1)
+        # learned soft bounds on the log-variance (OfflineRL-Kit soft_clamp)
+        logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
+        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
+        return mean, logvar
+
+    def decay_loss(self) -> torch.Tensor:
+        """Per-layer L2 on the weights only (not biases), summed over members: sum_l wd_l * 0.5 * ||W_l||^2."""
+        return sum(wd * 0.5 * weight.square().sum() for wd, weight in zip(self.weight_decays, self.weights))
+
+
+def ensemble_loss(model, inputs, targets, mask, logvar_loss_coef: float) -> torch.Tensor:
+    """OfflineRL-Kit's training loss on a minibatch [E, B, *]: Gaussian NLL (inverse-variance weighted MSE plus
+    log-variance, each averaged over batch and dims, summed over members) + L2 + logvar-bound penalty.
+    mask [B] (1 = real sample) makes a padded batch give exactly the loss of its real samples."""
+    mean, logvar = model(inputs)
+    weight = mask / mask.sum()  # [B]: the mean over the real samples of each member's batch
+    mse_inv = ((mean - targets).square() * torch.exp(-logvar)).mean(-1)
+    per_member = (mse_inv * weight).sum(-1) + (logvar.mean(-1) * weight).sum(-1)
+    bounds = logvar_loss_coef * (model.max_logvar.sum() - model.min_logvar.sum())
+    return per_member.sum() + model.decay_loss() + bounds
+
+
+@torch.no_grad()
+def holdout_mse(model, inputs, targets) -> torch.Tensor:
+    """MSE of each member's mean on the whole holdout in one call: [E]."""
+    mean, _ = model(inputs)
+    return (mean - targets).square().mean(dim=(1, 2))
+
+
+def update_snapshots(model, snapshots: list[torch.Tensor], improved: torch.Tensor, restore: bool = False) -> None:
+    """Copy live -> snapshot (restore=False) or snapshot -> live (restore=True) for the members in `improved`
+    ([E] bool). Like OfflineRL-Kit, snapshots hold the layer weights and biases, not the logvar bounds."""
+    live = [*model.weights, *model.biases]
+    with torch.no_grad():
+        for param, saved in zip(live, snapshots):
+            keep = improved.view(-1, 1, 1)
+            if restore:
+                param.copy_(torch.where(keep, saved, param))
+            else:
+                saved.copy_(torch.where(keep, param, saved))
+
+
+def early_stopping_update(best: list[float], new: list[float], threshold: float) -> list[bool]:
+    """OfflineRL-Kit's rule: a member improves when (best - new) / best > threshold; its best is then updated
+    in place. Returns, per member, whether it improved."""
+    improved = [(old - value) / old > threshold for old, value in zip(best, new)]
+    for i, better in enumerate(improved):
+        if better:
+            best[i] = new[i]
+    return improved
+
+
+def _progress(iterable, show: bool, description: str):
+    if not show:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=description, leave=False, unit="batch", mininterval=1.0)
+
+
+def _epoch_line(stats: dict, history: list, patience: int, max_epochs: int | None) -> str:
+    """One progress line. ETA: the run stops after at least `patience - epochs_since_update` more epochs
+    (the early stop if no member improves again) and at most max_epochs."""
+    seconds = np.mean([h["epoch_time"] for h in history[-3:]])
+    at_least = patience - stats["epochs_since_update"]
+    if max_epochs:
+        at_most = max_epochs - stats["epoch"]
+        eta = f"{min(at_least, at_most) * seconds:.0f}-{at_most * seconds:.0f}s"
+    else:
+        eta = f">= {at_least * seconds:.0f}s"
+    members = " ".join(f"{loss:.4g}" for loss in stats["holdout_mse"])
+    return (
+        f"epoch {stats['epoch']}: train loss {stats['train_loss']:.4f} | holdout MSE per member [{members}] | "
+        f"elites {stats['elites_holdout_mse']:.4g} | {stats['epochs_since_update']} epoch(s) since improvement | "
+        f"{stats['epoch_time']:.1f}s/epoch, ETA {eta}"
+    )
+
+
+def train_dynamics(
+    model: EnsembleDynamics,
+    observations,
+    actions,
+    rewards,
+    next_observations,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    holdout_ratio: float = 0.2,
+    max_holdout_size: int = 1000,
+    logvar_loss_coef: float = 0.01,
+    improvement_threshold: float = 0.01,
+    max_epochs_since_update: int = 5,
+    max_epochs: int | None = None,
+    use_compile: bool = False,
+    use_cudagraphs: bool = False,
+    progress: bool = True,
+    log_epoch=None,
+) -> dict:
+    """Train the ensemble exactly as OfflineRL-Kit's EnsembleDynamics.train (anchors 4.3), on the model's device.
+
+    Random holdout of min(holdout_ratio * N, max_holdout_size); scaler fit on the train inputs; one bootstrap
+    (with replacement) per member, reshuffled after every epoch; Adam; a member's weights are snapshot when its
+    holdout MSE improves by more than improvement_threshold (relative); stop after max_epochs_since_update
+    epochs without any such improvement (or at max_epochs); elites = lowest best holdout MSE; every member
+    is restored to its snapshot. Randomness comes from torch's global RNG (seed it first).
+    progress: a bar over each epoch's minibatches and one line per epoch (train loss, holdout MSE per member,
+    epochs since improvement, ETA). log_epoch(stats dict) is called after every epoch with host floats (the
+    epoch's only device reads)."""
+    device = model.input_mean.device
+    as_tensor = lambda a: torch.as_tensor(np.asarray(a) if not torch.is_tensor(a) else a, dtype=torch.float32)
+    obs, act = as_tensor(observations).to(device), as_tensor(actions).to(device)
+    rew, next_obs = as_tensor(rewards).to(device).reshape(-1, 1), as_tensor(next_observations).to(device)
+    n = obs.shape[0]
+    if not (act.shape[0] == rew.shape[0] == next_obs.shape[0] == n) or obs.shape[1] != model.obs_dim:
+        raise ValueError(
+            f"inconsistent data: observations {tuple(obs.shape)}, actions {tuple(act.shape)}, rewards "
+            f"{tuple(rew.shape)}, next_observations {tuple(next_obs.shape)} for obs_dim {model.obs_dim}"
+        )
+    holdout_size = min(int(n * holdout_ratio), max_holdout_size)
+    train_size = n - holdout_size
+    if holdout_size < 1 or train_size < 1:
+        raise ValueError(f"{n} transitions are too few for a holdout split (ratio {holdout_ratio})")
+    inputs = torch.cat([obs, act], dim=-1)
+    targets = torch.cat([next_obs - obs, rew], dim=-1)
+    split = torch.randperm(n, device=device)
+    train_idx, holdout_idx = split[:train_size], split[train_size:]
+    with torch.no_grad():
+        mean = inputs[train_idx].mean(0)
+        std = inputs[train_idx].std(0, unbiased=False)
+        model.input_mean.copy_(mean)
+        model.input_std.copy_(torch.where(std < 1e-12, torch.ones_like(std), std))
+    train_inputs = ((inputs[train_idx] - model.input_mean) / model.input_std).contiguous()
+    train_targets = targets[train_idx].contiguous()
+    holdout_inputs = (inputs[holdout_idx] - model.input_mean) / model.input_std
+    holdout_targets = targets[holdout_idx]
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    members = model.num_members
+
+    def train_step(batch_idx, mask):
+        optimizer.zero_grad(set_to_none=True)
+        loss = ensemble_loss(model, train_inputs[batch_idx], train_targets[batch_idx], mask, logvar_loss_coef)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    step = compile_step(train_step, use_compile, use_cudagraphs, device)
+    evaluate = compile_step(holdout_mse, use_compile, use_cudagraphs, device)
+
+    # fixed-shape minibatches: the last partial batch is padded and masked (no dynamic shapes, one graph)
+    num_batches = -(-train_size // batch_size)
+    padding = num_batches * batch_size - train_size
+    masks = torch.ones(num_batches, batch_size, device=device)
+    masks[-1, batch_size - padding :] = 0
+    bootstrap = torch.randint(train_size, (members, train_size), device=device)
+    snapshots = [p.detach().clone() for p in [*model.weights, *model.biases]]
+    best = [1e10] * members
+    history, epoch, epochs_since_update = [], 0, 0
+    while True:
+        epoch += 1
+        start = time.perf_counter()
+        padded = torch.cat([bootstrap, bootstrap[:, :padding]], dim=1)
+        batches = padded.view(members, num_batches, batch_size).transpose(0, 1).contiguous()
+        loss_sum = torch.zeros((), device=device)
+        for b in _progress(range(num_batches), progress, f"world model epoch {epoch}"):
+            if use_cudagraphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            loss_sum += step(batches[b], masks[b])
+        new = evaluate(model, holdout_inputs, holdout_targets).clone()
+        bootstrap = bootstrap.gather(1, torch.rand(members, train_size, device=device).argsort(dim=1))
+        new_losses = new.tolist()
+        improved = early_stopping_update(best, new_losses, improvement_threshold)
+        if any(improved):
+            update_snapshots(model, snapshots, torch.tensor(improved, device=device))
+            epochs_since_update = 0
+        else:
+            epochs_since_update += 1
+        stats = dict(
+            epoch=epoch,
+            train_loss=loss_sum.item() / num_batches,
+            holdout_mse=new_losses,
+            elites_holdout_mse=float(np.mean(sorted(new_losses)[: model.num_elites])),
+            epochs_since_update=epochs_since_update,
+            epoch_time=time.perf_counter() - start,
+        )
+        history.append(stats)
+        if progress:
+            print(_epoch_line(stats, history, max_epochs_since_update, max_epochs), flush=True)
+        if log_epoch is not None:
+            log_epoch(stats)
+        if epochs_since_update >= max_epochs_since_update or (max_epochs and epoch >= max_epochs):
+            break
+    elites = sorted(range(members), key=lambda i: best[i])[: model.num_elites]
+    model.elites.copy_(torch.tensor(elites, device=device))
+    update_snapshots(model, snapshots, torch.ones(members, dtype=torch.bool, device=device), restore=True)
+    return dict(holdout_losses=best, elites=elites, epochs=epoch, history=history)
+
+
+ROUTINGS = ("exact", "balanced")
+
+
+def draw_route(model, batch_size: int, routing: str) -> torch.Tensor:
+    """The elite slot (index into model.elites) of each of batch_size samples: long [B].
+
+    exact: iid uniform per sample, as OfflineRL-Kit. balanced: sample i takes position p_i of a random
+    permutation and slot (p_i + offset) % num_elites with a random offset, so every elite gets an equal share
+    (differing by at most one when B is not a multiple of num_elites) and every sample a uniform elite."""
+    device, k = model.elites.device, model.num_elites
+    if routing == "exact":
+        return torch.randint(k, (batch_size,), device=device)
+    if routing == "balanced":
+        return (torch.randperm(batch_size, device=device) + torch.randint(k, (), device=device)) % k
+    raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+
+
+def _balanced_layout(route: torch.Tensor, num_elites: int):
+    """Fixed-shape grouping of samples by elite slot: (order [k * R] sample per group position, place [B]
+    position of each sample), R = ceil(B / k). Unused positions repeat sample 0 and are discarded."""
+    batch = route.shape[0]
+    per_group = -(-batch // num_elites)
+    rank = (F.one_hot(route, num_elites).cumsum(0) - 1).gather(1, route[:, None]).squeeze(1)
+    place = route * per_group + rank
+    order = torch.zeros(num_elites * per_group, dtype=torch.long, device=route.device)
+    order = order.scatter(0, place, torch.arange(batch, device=route.device))
+    return order, place, per_group
+
+
+def transition(model, obs, act, route, noise, routing: str = "exact"):
+    """One imagined step (leq-spec section 3): next_obs = obs + delta, reward RAW, drawn from the routed elite
+    as mean + exp(logvar / 2) * noise, so gradients flow to obs and act. route: long [B] from draw_route (a
+    balanced route must come from draw_route(..., "balanced")); noise: [B, obs_dim + 1] standard normal."""
+    x = model.normalize(obs, act)
+    if routing == "exact":
+        mean, logvar = model(x, members=model.elites)  # every elite on every sample: [k, B, D]
+        pick = route.view(1, -1, 1).expand(1, -1, mean.shape[-1])
+        mean, logvar = mean.gather(0, pick).squeeze(0), logvar.gather(0, pick).squeeze(0)
+    elif routing == "balanced":
+        order, place, per_group = _balanced_layout(route, model.num_elites)
+        grouped = x[order].view(model.num_elites, per_group, -1)  # elite k runs on its share only
+        mean, logvar = model(grouped, members=model.elites)
+        mean, logvar = mean.reshape(-1, mean.shape[-1])[place], logvar.reshape(-1, logvar.shape[-1])[place]
+    else:
+        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+    sample = mean + torch.exp(0.5 * logvar) * noise
+    return obs + sample[:, : model.obs_dim], sample[:, model.obs_dim]
+
+
+def sample_step(model, obs, act, routing: str = "exact"):
+    """transition() with a fresh route and fresh noise: (next_obs [B, obs_dim], reward [B] RAW)."""
+    route = draw_route(model, obs.shape[0], routing)
+    noise = torch.randn(obs.shape[0], model.obs_dim + 1, device=obs.device, dtype=obs.dtype)
+    return transition(model, obs, act, route, noise, routing)
+
+
+def world_model_path(env_id: str, seed: int, fingerprint: str) -> Path:
+    """Default checkpoint path shared by train_world_model.py (writes) and leq_state.py (reads)."""
+    return Path("checkpoints") / "world_model" / f"{env_id}__seed{seed}__{fingerprint[:10]}.pt"
+
+
+def save_world_model(path, model: EnsembleDynamics, fingerprint: str, **extra) -> None:
+    """One file: kind, fingerprint, architecture, weights + scaler + elites, software versions, and `extra`
+    (e.g. holdout_losses, args), written atomically."""
+    checkpoint = dict(kind="world_model", fingerprint=fingerprint, config=model.config(), versions=software_versions())
+    checkpoint.update(extra, state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()})
+    atomic_save(checkpoint, path)
+
+
+def load_world_model(path, fingerprint: str | None, device):
+    """(model, checkpoint) from a world_model checkpoint; refuses one trained on another dataset."""
+    checkpoint = load_checkpoint(path, "world_model", fingerprint, device)
+    model = EnsembleDynamics(**checkpoint["config"], device=device)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model, checkpoint
+# ==== end mirror: world_model ====
+
+
+def train_world_model(args: Args) -> Path:
+    """The whole pipeline: data -> ensemble training -> checkpoint. Returns the checkpoint path."""
+    device = resolve_device(args.device)
+    use_compile = args.compile if args.compile is not None else False  # CPU and CUDA: see README figures
+    if args.cudagraphs and device.type != "cuda":
+        raise SystemExit(f"--cudagraphs needs a CUDA device, but the device is {device}. Drop --cudagraphs.")
     seed_everything(args.seed)
-    raise SystemExit("not implemented yet")
+    task = get_task(args.env_id)
+    data = load_dataset(task, args.dataset_path, args.download)
+    path = Path(args.checkpoint_path or world_model_path(task.env_id, args.seed, data.fingerprint))
+    run_name = f"{task.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    tracker = init_tracking(args, run_name)
+    print(
+        f"world model for {task.env_id}: {len(data.rewards)} transitions from {data.source}, "
+        f"{args.num_members} members of {list(args.hidden_dims)}, device {device}, "
+        f"{'compiled' if use_compile else 'eager'}{' + CUDA graphs' if args.cudagraphs else ''}",
+        flush=True,
+    )
+    model = EnsembleDynamics(
+        task.obs_dim, task.act_dim, args.num_members, args.num_elites, args.hidden_dims, args.weight_decays, device
+    )
+
+    def log_epoch(stats):
+        if tracker is not None:
+            per_member = {f"world_model/holdout_mse_{i}": v for i, v in enumerate(stats["holdout_mse"])}
+            tracker.log(
+                {
+                    "world_model/train_loss": stats["train_loss"],
+                    "world_model/elites_holdout_mse": stats["elites_holdout_mse"],
+                    "world_model/epochs_since_update": stats["epochs_since_update"],
+                    "world_model/epoch_time": stats["epoch_time"],
+                    **per_member,
+                },
+                step=stats["epoch"],
+            )
+
+    start = time.perf_counter()
+    result = train_dynamics(
+        model, data.observations, data.actions, data.rewards, data.next_observations,
+        batch_size=args.batch_size, lr=args.learning_rate, holdout_ratio=args.holdout_ratio,
+        max_holdout_size=args.max_holdout_size, logvar_loss_coef=args.logvar_loss_coef,
+        improvement_threshold=args.improvement_threshold, max_epochs_since_update=args.max_epochs_since_update,
+        max_epochs=args.max_epochs, use_compile=use_compile, use_cudagraphs=args.cudagraphs, log_epoch=log_epoch,
+    )
+    train_time = time.perf_counter() - start
+    elite_losses = [result["holdout_losses"][i] for i in result["elites"]]
+    save_world_model(
+        path, model, data.fingerprint, env_id=task.env_id, holdout_losses=result["holdout_losses"],
+        elites=result["elites"], epochs=result["epochs"], train_time_s=train_time, args=vars(args),
+        history=result["history"],
+    )
+    print(
+        f"done in {train_time:.0f}s ({result['epochs']} epochs): elites {result['elites']}, "
+        f"holdout MSE per elite [{' '.join(f'{v:.4g}' for v in elite_losses)}], "
+        f"mean {np.mean(elite_losses):.4g}\nsaved {path}",
+        flush=True,
+    )
+    if tracker is not None:
+        tracker.summary["world_model/elites_holdout_mse"] = float(np.mean(elite_losses))
+        tracker.finish()
+    return path
+
+
+def main(args: Args) -> Path:
+    return train_world_model(args)
 
 
 if __name__ == "__main__":

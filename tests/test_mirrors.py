@@ -18,6 +18,10 @@ SCRIPTS = sorted(p for p in ROOT.glob("*.py"))
 # Blocks each script must carry: a script silently dropping its copy would pass the identity check.
 EXPECTED_BLOCKS = {
     "common": {"collect_dataset.py", "train_world_model.py", "fqe_pretrain.py", "leq_state.py", "leq_pixel.py"},
+    "returns": {"leq_state.py", "leq_pixel.py"},
+    "task": {"collect_dataset.py", "train_world_model.py", "fqe_pretrain.py", "leq_state.py"},
+    "world_model": {"train_world_model.py", "leq_state.py"},
+    "agent": {"fqe_pretrain.py", "leq_state.py"},
 }
 
 

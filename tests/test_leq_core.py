@@ -1,0 +1,224 @@
+"""LEQ core math on small stand-in networks: the actor's one-sweep gradient against the brute-force Jacobian
+diagonal, the return targets, and each critic-loss term on a hand-made batch (leq-spec §5)."""
+
+import pytest
+import torch
+
+from leq_state import (
+    Rollout,
+    actor_loss_one_sweep,
+    critic_loss_terms,
+    critic_targets,
+    imagine,
+    lambda_returns,
+    recursive_returns,
+    return_coefficients,
+)
+
+OBS, ACT, BATCH = 3, 2, 64
+
+
+class ToyModel:
+    """A small random differentiable 'world model' with fixed noise and per-sample member choice per step,
+    replayed identically in every rollout after reset() (like one draw of the real model)."""
+
+    def __init__(self, horizon, generator):
+        kw = dict(dtype=torch.float64, generator=generator)
+        self.weights = torch.randn(3, OBS + ACT, OBS + 1, **kw) * 0.7
+        self.noise = torch.randn(horizon, BATCH, OBS + 1, **kw) * 0.1
+        self.member = torch.randint(0, 3, (horizon, BATCH), generator=generator)
+        self.t = 0
+
+    def reset(self):
+        self.t = 0
+
+    def __call__(self, obs, act):
+        x = torch.cat([obs, act], -1)
+        out = torch.tanh(torch.einsum("bi,bio->bo", x, self.weights[self.member[self.t]])) + self.noise[self.t]
+        self.t += 1
+        return obs + out[:, :OBS], out[:, OBS]
+
+
+def make_toy(horizon, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    kw = dict(dtype=torch.float64, generator=gen)
+    actor_w = torch.randn(OBS, ACT, **kw)
+    critic_w = torch.randn(OBS + ACT, 8, **kw)
+    critic_v = torch.randn(8, **kw)
+
+    def actor(s):
+        return torch.tanh(s @ actor_w)
+
+    def critic(s, a):
+        return torch.tanh(torch.cat([s, a], -1) @ critic_w) @ critic_v
+
+    def terminated(s, a, s_next):
+        return s_next[:, 0] > 0.6
+
+    start = torch.randn(BATCH, OBS, **kw) * 0.5
+    return actor, critic, ToyModel(horizon, gen), terminated, start
+
+
+def brute_force_action_gradients(actor, critic, model, terminated, start, horizon, gamma, alpha, beta):
+    """g_t = dV_t/da_t by H+1 separate autograd calls on a rollout where a_t = pi(s_t) + delta_t."""
+    model.reset()
+    deltas = [torch.zeros(BATCH, ACT, dtype=start.dtype, requires_grad=True) for _ in range(horizon + 1)]
+    state, qs, rewards, alive = start, [], [], [torch.ones(BATCH, dtype=start.dtype)]
+    for t in range(horizon + 1):
+        action = actor(state) + deltas[t]
+        qs.append(critic(state, action))
+        if t < horizon:
+            next_state, reward = model(state, action)
+            alive.append(alive[-1] * (1 - terminated(state, action, next_state).double()))
+            rewards.append(reward)
+            state = next_state
+    values = recursive_returns(torch.stack(qs), torch.stack(rewards), torch.stack(alive), gamma, alpha, beta)
+    grads = [torch.autograd.grad(values[t].sum(), deltas[t], retain_graph=True)[0] for t in range(horizon + 1)]
+    return torch.stack(grads), values.detach(), torch.stack(alive)
+
+
+@pytest.mark.parametrize("kind", ["lambda", "multi-step", "q"])
+@pytest.mark.parametrize("horizon", [1, 5])
+def test_one_sweep_gradient_equals_brute_force_jacobian_diagonal(kind, horizon):
+    actor, critic, model, terminated, start = make_toy(horizon)
+    gamma, lam = 0.97, 0.95
+    alpha, beta = return_coefficients(kind, horizon, lam)
+    expected, expected_values, alive = brute_force_action_gradients(
+        actor, critic, model, terminated, start, horizon, gamma, alpha, beta
+    )
+    assert (alive[-1] == 0).any() and (alive[-1] == 1).any(), "the toy draw must terminate some rollouts mid-way"
+    model.reset()
+    _, values, _, gradients = actor_loss_one_sweep(
+        actor, critic, model, terminated, start, horizon, gamma, alpha, beta, tau=0.3
+    )
+    torch.testing.assert_close(values, expected_values, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gradients, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_a_single_backward_of_summed_returns_is_not_the_per_step_gradient():
+    """The reason for the sweep: d(sum_t V_t)/da_t mixes in dV_s/da_t for s < t (leq-spec §5)."""
+    horizon = 5
+    actor, critic, model, terminated, start = make_toy(horizon)
+    alpha, beta = return_coefficients("lambda", horizon, 0.95)
+    per_step, values, _ = brute_force_action_gradients(actor, critic, model, terminated, start, horizon, 0.97, alpha, beta)
+    model.reset()
+    deltas = torch.zeros(horizon + 1, BATCH, ACT, dtype=torch.float64, requires_grad=True)
+    state, qs, rewards, alive = start, [], [], [torch.ones(BATCH, dtype=torch.float64)]
+    for t in range(horizon + 1):
+        action = actor(state) + deltas[t]
+        qs.append(critic(state, action))
+        if t < horizon:
+            state_next, reward = model(state, action)
+            alive.append(alive[-1] * (1 - terminated(state, action, state_next).double()))
+            rewards.append(reward)
+            state = state_next
+    summed = recursive_returns(torch.stack(qs), torch.stack(rewards), torch.stack(alive), 0.97, alpha, beta).sum()
+    (single,) = torch.autograd.grad(summed, deltas)
+    assert not torch.allclose(single, per_step)
+
+
+def test_actor_loss_gradient_is_expectile_weighted_action_gradient():
+    """d loss/d theta = -sum_t mean_B e_t g_t . dpi/dtheta, with e_t = tau if V_t > q_t else 1 - tau, e_H = 0.5."""
+    horizon, tau = 3, 0.1
+    _, critic, model, terminated, start = make_toy(horizon)
+    weight = torch.randn(OBS, ACT, dtype=torch.float64, requires_grad=True)
+
+    def actor(s):
+        return torch.tanh(s @ weight)
+
+    alpha, beta = return_coefficients("lambda", horizon, 0.95)
+    model.reset()
+    loss, values, q, g = actor_loss_one_sweep(actor, critic, model, terminated, start, horizon, 0.97, alpha, beta, tau)
+    (got,) = torch.autograd.grad(loss, weight)
+    e = torch.where(values > q, tau, 1 - tau)
+    e[horizon] = 0.5
+    model.reset()
+    rollout_states = []
+    state = start
+    for t in range(horizon + 1):
+        rollout_states.append(state)
+        if t < horizon:
+            state, _ = model(state, actor(state).detach())
+    surrogate = sum(-((e[t, :, None] * g[t]) * actor(rollout_states[t].detach())).sum(-1).mean() for t in range(horizon + 1))
+    (expected,) = torch.autograd.grad(surrogate, weight)
+    torch.testing.assert_close(got, expected)
+
+
+def test_lambda_coefficients_reproduce_lambda_returns():
+    gen = torch.Generator().manual_seed(3)
+    horizon = 10
+    q = torch.randn(horizon + 1, 16, generator=gen, dtype=torch.float64)
+    rewards = torch.randn(horizon, 16, generator=gen, dtype=torch.float64)
+    alive = torch.cumprod(torch.rand(horizon + 1, 16, generator=gen, dtype=torch.float64) > 0.1, 0).double()
+    alpha, beta = return_coefficients("lambda", horizon, 0.95)
+    torch.testing.assert_close(
+        recursive_returns(q, rewards, alive, 0.997, alpha, beta), lambda_returns(q, rewards, alive, 0.997, 0.95)
+    )
+
+
+def test_critic_target_kinds_by_hand():
+    q = torch.tensor([[1.0], [2.0], [3.0]])  # H = 2
+    rewards = torch.tensor([[10.0], [20.0]])
+    alive = torch.tensor([[1.0], [1.0], [0.0]])  # terminated at step 1
+    gamma = 0.5
+    torch.testing.assert_close(critic_targets("one-step", q, rewards, alive, gamma, 0.9), torch.tensor([[11.0], [20.0]]))
+    torch.testing.assert_close(critic_targets("multi-step", q, rewards, alive, gamma, 0.9), torch.tensor([[20.0], [20.0]]))
+    lam = 0.9  # V_1 = (q_1 + λ (r_1 + 0)) / (1 + λ); V_0 = (q_0 + λ G^1 + λ^2 G^2) / (1 + λ + λ^2)
+    v1 = (2.0 + lam * 20.0) / (1 + lam)
+    v0 = (1.0 + lam * (10 + gamma * 2.0) + lam**2 * (10 + gamma * 20.0)) / (1 + lam + lam**2)
+    torch.testing.assert_close(critic_targets("lambda", q, rewards, alive, gamma, lam), torch.tensor([[v0], [v1]]))
+    with pytest.raises(ValueError, match="unknown critic target"):
+        critic_targets("two-step", q, rewards, alive, gamma, lam)
+
+
+def hand_made_case():
+    """Q(s, a) = s_0 + a_0 and Q_bar(s, a) = s_0 (so every term has a value one can compute by hand)."""
+
+    def critic(s, a):
+        return s[:, 0] + a[:, 0]
+
+    def critic_ema(s, a):
+        return s[:, 0]
+
+    batch = {
+        "observations": torch.tensor([[1.0], [2.0]]),
+        "actions": torch.tensor([[0.5], [-0.5]]),  # Q = 1.5, 1.5; Q_bar = 1, 2
+        "rewards": torch.tensor([1.0, 0.0]),
+        "masks": torch.tensor([1.0, 0.0]),
+    }
+    next_q = torch.tensor([2.0, 100.0])  # y = 1 + 0.5 * 2 = 2, and 0 (terminal)
+    rollout = Rollout(
+        states=torch.tensor([[[0.0], [1.0]], [[2.0], [3.0]], [[9.0], [9.0]]]),  # H = 2, B = 2
+        actions=torch.tensor([[[1.0], [0.0]], [[0.0], [1.0]], [[9.0], [9.0]]]),  # Q_model = [[1, 1], [2, 4]]
+        rewards=torch.zeros(2, 2),
+        alive=torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 0.0]]),  # sample 1 terminated at step 0
+    )
+    targets = torch.tensor([[3.0, 0.0], [1.0, 5.0]])  # errors V - Q: [[2, -1], [-1, 1]]
+    return critic, critic_ema, batch, next_q, rollout, targets
+
+
+def test_critic_loss_terms_on_a_hand_made_batch():
+    critic, critic_ema, batch, next_q, rollout, targets = hand_made_case()
+    gamma, tau = 0.5, 0.1
+    terms = critic_loss_terms(critic, critic_ema, batch, rollout, next_q, targets, gamma, tau)
+    # dataset: 0.5 (y - Q)^2 = 0.5 * (0.5^2, 1.5^2)
+    torch.testing.assert_close(terms["td_data"], torch.tensor(0.5 * (0.25 + 2.25) / 2))
+    # imagined, weights w = [[1, 1], [0.5, 0]]: tau * 4 * 1, (1 - tau) * 1 * 1, (1 - tau) * 1 * 0.5, masked
+    torch.testing.assert_close(terms["expectile_model"], torch.tensor((0.1 * 4 + 0.9 * 1 + 0.9 * 0.5) / 4))
+    # EMA on data: (Q_bar - Q)^2 = (1 - 1.5)^2, (2 - 1.5)^2
+    torch.testing.assert_close(terms["ema_data"], torch.tensor(0.25))
+    # EMA imagined: Q_bar = [[0, 1], [2, 3]], Q = [[1, 1], [2, 4]]: (1, 0, 0, 1) weighted (1, 1, 0.5, 0)
+    torch.testing.assert_close(terms["ema_model"], torch.tensor(1.0 / 4))
+
+
+def test_imagine_keeps_fixed_shapes_and_masks_terminations():
+    horizon = 4
+    actor, _, model, terminated, start = make_toy(horizon)
+    model.reset()
+    rollout = imagine(actor, model, terminated, start, horizon)
+    assert rollout.states.shape == (horizon + 1, BATCH, OBS)
+    assert rollout.actions.shape == (horizon + 1, BATCH, ACT)
+    assert rollout.rewards.shape == (horizon, BATCH) and rollout.alive.shape == (horizon + 1, BATCH)
+    assert (rollout.alive[1:] <= rollout.alive[:-1]).all(), "alive never comes back"
+    step0_term = terminated(start, actor(start), rollout.states[1])
+    torch.testing.assert_close(rollout.alive[1], 1 - step0_term.double())

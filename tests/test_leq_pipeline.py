@@ -1,0 +1,99 @@
+"""leq_state.py end to end on tiny generated PointMaze data: expansions, evaluation and checkpoints, eager and
+compiled, and resume after an interruption ending with exactly the parameters of an uninterrupted run."""
+
+import os
+
+import pytest
+import torch
+
+import leq_state
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A working folder (runs/, checkpoints/) with a tiny generated pointmaze-umaze-diverse dataset."""
+    root = tmp_path_factory.mktemp("leq")
+    old_cwd, old_minari = os.getcwd(), os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root / "minari")
+    os.chdir(root)
+    leq_state.generate_dataset(leq_state.get_task("pointmaze-umaze-diverse"), steps=2000, seed=0)
+    yield root
+    os.chdir(old_cwd)
+    if old_minari is None:
+        os.environ.pop("MINARI_DATASETS_PATH")
+    else:
+        os.environ["MINARI_DATASETS_PATH"] = old_minari
+
+
+def tiny_args(**overrides) -> leq_state.Args:
+    sizes = dict(
+        env_id="pointmaze-umaze-diverse", device="cpu", compile=False, total_steps=60, batch_size=16,
+        model_batch_size=16, horizon=3, expansion_interval=25, expansion_size=64, rollout_length=2,
+        expansion_keep=2, eval_interval=50, eval_episodes=2, final_eval_episodes=2, checkpoint_interval=20,
+        log_interval=20, world_model_max_epochs=1, bc_steps=5, bc_batch_size=32, fqe_steps=5, fqe_batch_size=32,
+    )
+    return leq_state.Args(**{**sizes, **overrides})
+
+
+def run_checkpoint(exp_name: str) -> dict:
+    (run_dir,) = [p for p in os.listdir("runs") if f"__{exp_name}__" in p]
+    return torch.load(os.path.join("runs", run_dir, "checkpoint.pt"), weights_only=False)
+
+
+@pytest.mark.parametrize("use_compile", [False, True], ids=["eager", "compiled"])
+def test_end_to_end_crosses_expansion_evaluation_and_checkpoint(workdir, use_compile):
+    name = f"e2e_{'compiled' if use_compile else 'eager'}"
+    history = leq_state.main(tiny_args(exp_name=name, compile=use_compile))
+    assert [e["step"] for e in history["eval"]] == [50]
+    assert 0.0 <= history["final"]["mean"] <= 100.0 and 0.0 <= history["bc_score"]["mean"] <= 100.0
+    checkpoint = run_checkpoint(name)
+    assert checkpoint["kind"] == "leq" and checkpoint["step"] == 60
+    assert checkpoint["buffer"]["expansions"] == 3  # before steps 1, 26 and 51
+    assert checkpoint["buffer"]["filled"].item() == 2 * 2 * 64  # FIFO keeps the last 2 expansions
+    pretrained = torch.load(next((workdir / "checkpoints" / "pretrain").iterdir()), weights_only=False)
+    moved = any(not torch.equal(v, pretrained["actor"][k]) for k, v in checkpoint["actor"].items())
+    assert moved, "LEQ must change the pretrained actor"
+    for key in ("actor", "critic", "critic_ema"):
+        assert all(torch.isfinite(v).all() for v in checkpoint[key].values() if v.is_floating_point())
+
+
+def test_resume_after_interruption_gives_identical_parameters(workdir, monkeypatch):
+    leq_state.main(tiny_args(exp_name="uninterrupted"))
+    expected = run_checkpoint("uninterrupted")
+
+    save = leq_state.save_leq_checkpoint
+
+    def save_then_crash(path, step, *args, **kwargs):
+        save(path, step, *args, **kwargs)
+        if step == 40:
+            raise KeyboardInterrupt("simulated interruption right after the checkpoint of step 40")
+
+    monkeypatch.setattr(leq_state, "save_leq_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        leq_state.main(tiny_args(exp_name="interrupted"))
+    monkeypatch.setattr(leq_state, "save_leq_checkpoint", save)
+    assert run_checkpoint("interrupted")["step"] == 40
+    (run_dir,) = [p for p in os.listdir("runs") if "__interrupted__" in p]
+    leq_state.main(tiny_args(resume=os.path.join("runs", run_dir)))
+    resumed = run_checkpoint("interrupted")
+    assert resumed["step"] == 60
+    for key in ("actor", "critic", "critic_ema"):
+        for name, value in expected[key].items():
+            assert torch.equal(value, resumed[key][name]), f"{key}.{name} differs after resume"
+    for key in ("actor_optimizer", "critic_optimizer"):
+        for index, state in expected[key]["state"].items():
+            for name, value in state.items():
+                assert torch.equal(value, resumed[key]["state"][index][name]), f"{key} {index} {name} differs"
+    assert torch.equal(expected["buffer"]["states"], resumed["buffer"]["states"])
+
+
+def test_resume_refuses_a_missing_checkpoint(workdir):
+    with pytest.raises(SystemExit, match="no checkpoint found"):
+        leq_state.main(tiny_args(resume="runs/does-not-exist"))
+
+
+def test_cudagraphs_without_cuda_fails_loudly(workdir):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit, match="--cudagraphs needs a CUDA device"):
+        leq_state.main(tiny_args(exp_name="cg", cudagraphs=True))
