@@ -329,23 +329,50 @@ def _how_to_get_data(task: Task) -> str:
 
 def load_minari(task: Task, dataset_id: str, download: bool = False) -> OfflineData:
     """A Minari dataset (D4RL/antmaze, D4RL/pointmaze, mujoco/*, or one this project generated) as OfflineData."""
+    arrays = _read_minari_flat(task, dataset_id, download)
+    eval_gym_id = str(arrays.pop("env_spec_id")) or _default_eval_gym_id(task)
+    episode_ends = np.maximum(arrays.pop("ends"), arrays["terminals"])
+    source = f"minari:{dataset_id}"
+    _check_arrays(task, arrays, source)
+    if task.family not in ("antmaze", "pointmaze"):
+        return _finish(task, arrays, episode_ends, source, None, eval_gym_id)
+    # Minari maze rewards are relative to each episode's own goal: relabel against the single eval goal (§1).
+    frame = "gymnasium_robotics"
+    hit = _in_goal_region(arrays["next_observations"], maze_goal_centre(task, frame, dataset_id), task.goal_radius)
+    arrays["rewards"], arrays["terminals"] = hit, hit.copy()
+    return _finish(task, arrays, np.maximum(episode_ends, hit), source, frame, None)
+
+
+def _read_minari_flat(task: Task, dataset_id: str, download: bool) -> dict:
+    """Episodes of a Minari dataset concatenated into flat arrays. Reading episode by episode costs about 4 ms per
+    episode (a minute for 15k episodes), so the result is cached beside the dataset, keyed by its files."""
     import minari
+    from tqdm import tqdm
 
     location = minari_root() / dataset_id
-    if not (location / "data").is_dir() and not download:
-        raise SystemExit(
-            f"Minari dataset {dataset_id} is not in {minari_root()} (set MINARI_DATASETS_PATH to look elsewhere). "
-            f"Get it with --download (needs internet and `pip install \"minari[hf]\"`), or `minari download "
-            f"{dataset_id}`, or copy its data/main_data.hdf5 and metadata.json into {location}/.")
     try:
-        dataset = minari.load_dataset(dataset_id, download=download)
+        if not (location / "data").is_dir():
+            if not download:
+                raise SystemExit(
+                    f"Minari dataset {dataset_id} is not in {minari_root()} (set MINARI_DATASETS_PATH to look "
+                    f"elsewhere). Get it with --download (needs internet and `pip install \"minari[hf]\"`), or "
+                    f"`minari download {dataset_id}`, or copy its data/main_data.hdf5 and metadata.json into {location}/.")
+            minari.load_dataset(dataset_id, download=True)
+        stamp = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted((location / "data").iterdir()))
+        cache = location / f"leq_flat_{task.family}.npz"
+        if cache.is_file():
+            with np.load(cache) as cached:
+                if str(cached["stamp"]) == stamp:
+                    return {key: cached[key] for key in cached.files if key != "stamp"}
+        dataset = minari.load_dataset(dataset_id)
     except ImportError as error:
         raise SystemExit(f"downloading {dataset_id} failed: {error}") from None
-    except Exception as error:  # a broken or foreign folder: name it, not a library traceback
+    except (OSError, ValueError, KeyError, RuntimeError) as error:  # a broken or foreign folder: name it
         raise SystemExit(f"Minari dataset {dataset_id} at {location} cannot be read "
                          f"({type(error).__name__}: {error}).") from None
     pieces = {key: [] for key in ("observations", "actions", "rewards", "next_observations", "terminals", "ends")}
-    for episode in dataset.iterate_episodes():
+    for episode in tqdm(dataset.iterate_episodes(), total=dataset.total_episodes, desc=f"reading {dataset_id}",
+                        mininterval=1.0):
         obs = episode.observations
         if isinstance(obs, dict):  # mazes: achieved_goal (xy) ++ observation (ant 27 -> 29, point: xy is in obs)
             obs = obs["observation"] if task.family == "pointmaze" else np.concatenate(
@@ -357,26 +384,19 @@ def load_minari(task: Task, dataset_id: str, download: bool = False) -> OfflineD
         pieces["actions"].append(np.asarray(episode.actions, dtype=np.float32).reshape(steps, -1))
         pieces["rewards"].append(np.asarray(episode.rewards, dtype=np.float32).reshape(steps))
         pieces["terminals"].append(np.asarray(episode.terminations, dtype=np.float32).reshape(steps))
-        ends = np.zeros(steps, dtype=np.float32)
-        ends[-1] = 1.0
-        pieces["ends"].append(ends)
+        pieces["ends"].append(np.arange(steps) == steps - 1)
     if not pieces["actions"]:
         raise SystemExit(f"Minari dataset {dataset_id} at {location} holds no episodes.")
     arrays = {key: np.concatenate(value) for key, value in pieces.items()}
-    episode_ends = np.maximum(arrays.pop("ends"), arrays["terminals"])
-    source = f"minari:{dataset_id}"
-    _check_arrays(task, arrays, source)
-    frame, eval_gym_id = None, None
-    if task.family in ("antmaze", "pointmaze"):
-        frame = "gymnasium_robotics"
-        # Minari maze rewards are relative to each episode's own goal: relabel against the single eval goal (§1).
-        hit = _in_goal_region(arrays["next_observations"], maze_goal_centre(task, frame, dataset_id), task.goal_radius)
-        arrays["rewards"], arrays["terminals"] = hit, hit.copy()
-        episode_ends = np.maximum(episode_ends, hit)
-    else:
-        spec_id = dataset.env_spec.id if dataset.env_spec is not None else None
-        eval_gym_id = spec_id or _default_eval_gym_id(task)
-    return _finish(task, arrays, episode_ends, source, frame, eval_gym_id)
+    arrays["ends"] = arrays["ends"].astype(np.float32)
+    arrays["env_spec_id"] = np.array(dataset.env_spec.id if dataset.env_spec is not None else "")
+    tmp = location / f".{cache.name}.tmp{os.getpid()}.npz"
+    try:
+        np.savez(tmp, stamp=np.array(stamp), **arrays)
+        os.replace(tmp, cache)
+    except OSError:  # a read-only dataset folder: no cache, just slower next time
+        tmp.unlink(missing_ok=True)
+    return arrays
 
 
 def load_d4rl_hdf5(task: Task, path: Path) -> OfflineData:
@@ -521,8 +541,9 @@ def reward_scale_and_shift(task: Task, rewards: np.ndarray, episode_ends: np.nda
     returns = np.add.reduceat(rewards.astype(np.float64), np.concatenate([[0], ends[:-1] + 1]))
     spread = float(returns.max() - returns.min())
     if spread <= 0:
-        raise SystemExit(f"{task.env_id}: every trajectory has the same return ({returns[0]:.3f}); the IQL reward "
-                         f"scaling 1000 / (max - min return) is undefined. Is the dataset right?")
+        warnings.warn(f"{task.env_id}: all {len(returns)} trajectories have the same return ({returns[0]:.3f}), so the "
+                      f"IQL scaling 1000 / (max - min return) is undefined; training on raw rewards (scale 1).")
+        return 1.0, 0.0
     return 1000.0 / spread, 0.0
 
 

@@ -321,3 +321,34 @@ def test_script_runs_end_to_end_and_leq_can_load_its_checkpoint(tiny_pointmaze, 
     torch.testing.assert_close(actor.normalizer.mean, torch.tensor(data.observations.mean(0)), rtol=1e-4, atol=1e-5)
     with pytest.raises(SystemExit, match="another dataset"):
         F.load_pretrain_checkpoint(checkpoint, "the fingerprint of some other dataset", "cpu")
+
+
+@pytest.mark.slow
+def test_compiled_steps_match_eager():
+    """torch.compile changes speed, not numbers: three BC and FQE steps, eager against compiled."""
+    import torch._inductor.config as inductor_config
+
+    def run(use_compile):
+        torch.manual_seed(0)
+        data, _, _, _ = chain_mdp(num_states=4, actions_per_state=64)
+        tensors = F.transition_tensors(data, "cpu")
+        stats = F.normalization_stats(data.observations, data.actions)
+        actor = F.Actor(stats["obs_mean"], stats["obs_std"], 1, hidden_dim=32)
+        critic = F.Critic(stats["obs_act_mean"], stats["obs_act_std"], hidden_dim=32)
+        ema = F.ema_copy(critic)
+        bc = F.make_bc_update(actor, torch.optim.Adam(actor.parameters(), lr=1e-3), tensors, 64)
+        fqe = F.make_fqe_update(critic, ema, actor, torch.optim.Adam(critic.parameters(), lr=1e-3), tensors, 64,
+                                0.99, 0.005)
+        bc, fqe = (F.compile_step(fn, use_compile, False, torch.device("cpu")) for fn in (bc, fqe))
+        torch.manual_seed(1)
+        losses = [bc()["bc_loss"] for _ in range(3)] + [fqe()["fqe_loss"] for _ in range(3)]
+        return torch.stack(losses), torch.cat([p.flatten() for m in (actor, critic, ema) for p in m.parameters()])
+
+    previous = inductor_config.fallback_random
+    inductor_config.fallback_random = True  # the compiled graph draws the same minibatches as eager
+    try:
+        eager, compiled = run(False), run(True)
+    finally:
+        inductor_config.fallback_random = previous
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,104 @@
+"""collect_dataset.py: datasets generated from the real environments, written as Minari datasets and read back."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import collect_dataset as cd
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def minari_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    return tmp_path / "minari"
+
+
+def run_cli(*args, root):
+    env = dict(os.environ, MINARI_DATASETS_PATH=str(root))
+    return subprocess.run([sys.executable, "collect_dataset.py", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_pointmaze_writes_a_dataset_the_loader_reads_back(minari_root):
+    result = run_cli("pointmaze-umaze-diverse", "--steps", "2000", "--seed", "3", root=minari_root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "the controller reached its goal in" in result.stdout
+    assert "read back: 2000 transitions" in result.stdout
+    data = cd.load_dataset(cd.get_task("pointmaze-umaze-diverse"))
+    assert len(data) == 2000 and data.observations.shape == (2000, 4) and data.actions.shape == (2000, 2)
+    assert data.maze_frame == "gymnasium_robotics" and (data.reward_scale, data.reward_shift) == (1.0, -1.0)
+    assert np.abs(data.actions).max() < 1.0
+    # consecutive steps inside an episode are continuous: next_obs[i] == obs[i+1] except at episode ends
+    inside = data.episode_ends[:-1] == 0
+    np.testing.assert_array_equal(data.next_observations[:-1][inside], data.observations[1:][inside])
+    again = run_cli("pointmaze-umaze-diverse", "--steps", "2000", root=minari_root)
+    assert again.returncode != 0 and "already exists; pass --force" in again.stderr
+
+
+def test_cli_hopper_random_terminals_agree_with_the_termination_fn(minari_root):
+    result = run_cli("hopper-random", "--steps", "1500", root=minari_root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    task = cd.get_task("hopper-random")
+    data = cd.load_dataset(task)
+    assert len(data) == 1500 and data.observations.shape[1] == 11
+    assert (data.reward_scale, data.reward_shift) == (1.0, 0.0) and data.eval_gym_id == "Hopper-v4"
+    assert data.terminals.sum() >= 10
+    next_obs = torch.as_tensor(data.next_observations)
+    done = cd.make_termination_fn(task, data)(torch.as_tensor(data.observations), torch.as_tensor(data.actions),
+                                              next_obs)
+    np.testing.assert_array_equal(done.numpy(), data.terminals.astype(bool))
+
+
+def test_generation_is_seeded_and_reproducible(minari_root):
+    task = cd.get_task("pointmaze-medium-play")
+    fingerprints = []
+    for index, seed in enumerate([5, 5, 6]):
+        dataset_id = cd.generate_dataset(task, steps=600, seed=seed, dataset_id=f"test/pointmaze/repro{index}-v0")
+        fingerprints.append(cd.load_dataset(task, dataset_id).fingerprint)
+    assert fingerprints[0] == fingerprints[1] != fingerprints[2]
+
+
+@pytest.mark.parametrize("env_id", ["pointmaze-medium-diverse", "pointmaze-large-play"])
+def test_pointmaze_controller_reaches_its_goals(env_id):
+    task = cd.get_task(env_id)
+    episodes, env, summary = cd.collect_pointmaze(task, 12_000, seed=0)
+    env.close()
+    finished = episodes[:-1]
+    reached = [episode.rewards[-1] == 1.0 for episode in finished]  # the env's sparse reward at the success step
+    assert len(finished) >= 30
+    assert np.mean(reached) >= 0.95, summary
+    if task.level == "play":  # goals only from the play cells
+        planner = cd.MazePlanner(task)
+        goal_cells = {planner.cell_of(episode.observations["desired_goal"][-1]) for episode in finished}
+        assert goal_cells <= set(cd.PLAY_GOAL_CELLS[task.maze]) and len(goal_cells) >= 3
+
+
+def test_load_dataset_generates_a_missing_default_dataset(minari_root, monkeypatch, capsys):
+    generate = cd.generate_dataset
+    monkeypatch.setattr(cd, "generate_dataset", lambda task: generate(task, steps=500))  # 1M by default
+    data = cd.load_dataset(cd.get_task("pointmaze-ultra-diverse"))
+    assert len(data) == 500 and "generating it now" in capsys.readouterr().out
+    assert (minari_root / "leq/pointmaze/ultra-diverse-v0/data").is_dir()
+
+
+def test_random_antmaze_data_for_tests(minari_root):
+    task = cd.get_task("antmaze-medium-play")
+    dataset_id = cd.generate_dataset(task, steps=300, seed=0)
+    assert dataset_id == "leq/antmaze/medium-random-v0"
+    data = cd.load_dataset(task, dataset_id)
+    assert data.observations.shape == (300, 29) and data.actions.shape == (300, 8)
+    assert data.maze_frame == "gymnasium_robotics" and data.rewards.sum() == 0  # far from the goal
+    start = cd.cell_centre(task, cd.MAZE_START_GOAL_CELLS["medium"][0])
+    assert np.linalg.norm(data.observations[0, :2] - start) <= np.sqrt(2) * 1.0 + 1e-6  # reset noise +-1 m
+
+
+def test_only_generated_families_can_be_collected(minari_root):
+    with pytest.raises(SystemExit, match="generates only"):
+        cd.generate_dataset(cd.get_task("hopper-medium"), steps=10)
