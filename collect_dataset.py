@@ -356,7 +356,9 @@ def _read_minari_flat(task: Task, dataset_id: str, download: bool) -> dict:
                 raise SystemExit(
                     f"Minari dataset {dataset_id} is not in {minari_root()} (set MINARI_DATASETS_PATH to look "
                     f"elsewhere). Get it with --download (needs internet and `pip install \"minari[hf]\"`), or "
-                    f"`minari download {dataset_id}`, or copy its data/main_data.hdf5 and metadata.json into {location}/.")
+                    f"`minari download {dataset_id}`, or copy its data/main_data.hdf5 and metadata.json into {location}/"
+                    + (". A D4RL-format antmaze .hdf5 file also works: --dataset-path /path/to/file.hdf5 (see the "
+                       "README on its evaluation)." if task.family == "antmaze" else "."))
             minari.load_dataset(dataset_id, download=True)
         stamp = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted((location / "data").iterdir()))
         cache = location / f"leq_flat_{task.family}.npz"
@@ -590,12 +592,11 @@ def _in_goal_region(next_obs: np.ndarray, centre: np.ndarray, radius: float) -> 
 def make_termination_fn(task: Task, data: OfflineData, goal_radius: float | None = None):
     """fn(obs, act, next_obs) -> bool tensor [B]: True where the true environment would terminate."""
     if task.family in ("antmaze", "pointmaze"):
-        centre = torch.tensor(maze_goal_centre(task, data.maze_frame, data.source.removeprefix("minari:")),
-                              dtype=torch.float32)
+        centre_x, centre_y = map(float, maze_goal_centre(task, data.maze_frame, data.source.removeprefix("minari:")))
         radius_sq = float(goal_radius if goal_radius is not None else task.goal_radius) ** 2
 
-        def maze_done(obs, act, next_obs):
-            return ((next_obs[:, :2] - centre.to(next_obs.device)) ** 2).sum(-1) <= radius_sq
+        def maze_done(obs, act, next_obs):  # Python-float constants: no tensor to move, CUDA-graph friendly
+            return (next_obs[:, 0] - centre_x) ** 2 + (next_obs[:, 1] - centre_y) ** 2 <= radius_sq
 
         return maze_done
     offset = 1 if task.family == "neorl" else 0  # NeoRL observations start with x: z, angle shift by one
@@ -718,7 +719,8 @@ def normalized_score(task: Task, episode_return: float, success: bool) -> float:
 
 def evaluate(task: Task, data: OfflineData, policy, num_episodes: int, seed: int, gamma: float | None = None,
              video_path: str | None = None) -> dict:
-    """Run `num_episodes` episodes side by side with the deterministic `policy` (numpy [n, obs] -> [n, act]).
+    """Run `num_episodes` episodes side by side with the deterministic `policy` (numpy [n, obs] -> [n, act]),
+    called once per step on all n episodes (finished ones repeat their last observation: a fixed batch shape).
 
     Returns mean/std of the x100 scores, per-episode scores and returns, and (with gamma) the discounted return of
     the training reward r * reward_scale + reward_shift, to compare with a critic's estimate."""
@@ -741,14 +743,14 @@ def evaluate(task: Task, data: OfflineData, policy, num_episodes: int, seed: int
                 discounted[i] += gamma ** t * (reward * data.reward_scale + data.reward_shift)
             success[i] |= reached
             active[i] = not done
-            if i == 0 and frames is not None and not done:
+            if i == 0 and frames is not None:
                 frames.append(envs[0].render())
         if not active.any():
             break
+    if video_path:
+        _write_video(frames, video_path, fps=envs[0].env.metadata.get("render_fps", 30))
     for env in envs:
         env.env.close()
-    if video_path:
-        _write_video(frames, video_path, fps=30)
     scores = np.array([normalized_score(task, r, s) for r, s in zip(returns, success)])
     result = {"mean": float(scores.mean()), "std": float(scores.std()), "scores": scores, "returns": returns}
     if gamma is not None:
@@ -760,9 +762,9 @@ def _write_video(frames: list, path: str, fps: int) -> None:
     import imageio  # installed with gymnasium-robotics; .gif needs only pillow, .mp4 needs imageio-ffmpeg
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    timing = {"duration": 1000 / fps} if path.endswith(".gif") else {"fps": fps}  # gif frames last `duration` ms
     try:
-        imageio.mimsave(path, frames, fps=fps) if not path.endswith(".gif") else imageio.mimsave(
-            path, frames, duration=1000 / fps)
+        imageio.mimsave(path, frames, **timing)
     except Exception as error:
         raise SystemExit(f"could not write the video {path} ({type(error).__name__}: {error}); a .gif path needs "
                          f"no extra package, .mp4 needs `pip install imageio-ffmpeg`.") from None

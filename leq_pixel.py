@@ -366,9 +366,10 @@ def load_hdf5_shard(path: Path) -> list[dict]:
     starts = np.flatnonzero(step_type.reshape(n) == 0)
     if len(starts) == 0 or starts[0] != 0:
         raise SystemExit(f"{path}: step_type must start an episode (0) on the first row")
-    images = frames if frames.shape[2:] == (IMAGE_SIZE, IMAGE_SIZE) else resize_frames(frames)
-    if images is frames:
+    if frames.shape[2:] == (IMAGE_SIZE, IMAGE_SIZE):
         images = np.ascontiguousarray(frames.transpose(0, 2, 3, 1))
+    else:
+        images = resize_frames(frames)
     bounds = list(starts) + [n]
     return [
         _episode_rows(images[a:b], actions[a:b], rewards.reshape(n)[a:b], discounts.reshape(n)[a:b])
@@ -544,12 +545,8 @@ def collect_dataset(args: Args) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Distributions: symlog/symexp, symexp two-hot, discrete latents, tanh-normal actor
+# Distributions: symexp two-hot, discrete latents, tanh-normal actor
 # ---------------------------------------------------------------------------------------------------------
-def symlog(x: torch.Tensor) -> torch.Tensor:
-    return torch.sign(x) * torch.log1p(x.abs())
-
-
 def symexp(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.expm1(x.abs())
 

@@ -444,7 +444,9 @@ def _read_minari_flat(task: Task, dataset_id: str, download: bool) -> dict:
                 raise SystemExit(
                     f"Minari dataset {dataset_id} is not in {minari_root()} (set MINARI_DATASETS_PATH to look "
                     f"elsewhere). Get it with --download (needs internet and `pip install \"minari[hf]\"`), or "
-                    f"`minari download {dataset_id}`, or copy its data/main_data.hdf5 and metadata.json into {location}/.")
+                    f"`minari download {dataset_id}`, or copy its data/main_data.hdf5 and metadata.json into {location}/"
+                    + (". A D4RL-format antmaze .hdf5 file also works: --dataset-path /path/to/file.hdf5 (see the "
+                       "README on its evaluation)." if task.family == "antmaze" else "."))
             minari.load_dataset(dataset_id, download=True)
         stamp = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted((location / "data").iterdir()))
         cache = location / f"leq_flat_{task.family}.npz"
@@ -678,12 +680,11 @@ def _in_goal_region(next_obs: np.ndarray, centre: np.ndarray, radius: float) -> 
 def make_termination_fn(task: Task, data: OfflineData, goal_radius: float | None = None):
     """fn(obs, act, next_obs) -> bool tensor [B]: True where the true environment would terminate."""
     if task.family in ("antmaze", "pointmaze"):
-        centre = torch.tensor(maze_goal_centre(task, data.maze_frame, data.source.removeprefix("minari:")),
-                              dtype=torch.float32)
+        centre_x, centre_y = map(float, maze_goal_centre(task, data.maze_frame, data.source.removeprefix("minari:")))
         radius_sq = float(goal_radius if goal_radius is not None else task.goal_radius) ** 2
 
-        def maze_done(obs, act, next_obs):
-            return ((next_obs[:, :2] - centre.to(next_obs.device)) ** 2).sum(-1) <= radius_sq
+        def maze_done(obs, act, next_obs):  # Python-float constants: no tensor to move, CUDA-graph friendly
+            return (next_obs[:, 0] - centre_x) ** 2 + (next_obs[:, 1] - centre_y) ** 2 <= radius_sq
 
         return maze_done
     offset = 1 if task.family == "neorl" else 0  # NeoRL observations start with x: z, angle shift by one
@@ -806,7 +807,8 @@ def normalized_score(task: Task, episode_return: float, success: bool) -> float:
 
 def evaluate(task: Task, data: OfflineData, policy, num_episodes: int, seed: int, gamma: float | None = None,
              video_path: str | None = None) -> dict:
-    """Run `num_episodes` episodes side by side with the deterministic `policy` (numpy [n, obs] -> [n, act]).
+    """Run `num_episodes` episodes side by side with the deterministic `policy` (numpy [n, obs] -> [n, act]),
+    called once per step on all n episodes (finished ones repeat their last observation: a fixed batch shape).
 
     Returns mean/std of the x100 scores, per-episode scores and returns, and (with gamma) the discounted return of
     the training reward r * reward_scale + reward_shift, to compare with a critic's estimate."""
@@ -829,14 +831,14 @@ def evaluate(task: Task, data: OfflineData, policy, num_episodes: int, seed: int
                 discounted[i] += gamma ** t * (reward * data.reward_scale + data.reward_shift)
             success[i] |= reached
             active[i] = not done
-            if i == 0 and frames is not None and not done:
+            if i == 0 and frames is not None:
                 frames.append(envs[0].render())
         if not active.any():
             break
+    if video_path:
+        _write_video(frames, video_path, fps=envs[0].env.metadata.get("render_fps", 30))
     for env in envs:
         env.env.close()
-    if video_path:
-        _write_video(frames, video_path, fps=30)
     scores = np.array([normalized_score(task, r, s) for r, s in zip(returns, success)])
     result = {"mean": float(scores.mean()), "std": float(scores.std()), "scores": scores, "returns": returns}
     if gamma is not None:
@@ -848,9 +850,9 @@ def _write_video(frames: list, path: str, fps: int) -> None:
     import imageio  # installed with gymnasium-robotics; .gif needs only pillow, .mp4 needs imageio-ffmpeg
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    timing = {"duration": 1000 / fps} if path.endswith(".gif") else {"fps": fps}  # gif frames last `duration` ms
     try:
-        imageio.mimsave(path, frames, fps=fps) if not path.endswith(".gif") else imageio.mimsave(
-            path, frames, duration=1000 / fps)
+        imageio.mimsave(path, frames, **timing)
     except Exception as error:
         raise SystemExit(f"could not write the video {path} ({type(error).__name__}: {error}); a .gif path needs "
                          f"no extra package, .mp4 needs `pip install imageio-ffmpeg`.") from None
@@ -1083,7 +1085,8 @@ Public API (stable; leq_state.py builds on it):
   transition(model, obs, act, route, noise, routing) -> (next_obs [B, obs_dim], reward [B] RAW)
       reparameterised draw mean + exp(logvar / 2) * noise from the routed elite (noise [B, obs_dim + 1] ~ N(0, 1);
       zeros give the mean): differentiable w.r.t. obs and act. "exact" runs every elite on every sample and
-      picks; "balanced" runs each elite on its share only (one member's cost).
+      picks; "balanced" runs each elite on its share only (one member's cost). The model's own weights get
+      gradients too unless frozen: call model.requires_grad_(False) for rollouts.
   sample_step(model, obs, act, routing="exact") -> (next_obs, reward): draws route and noise, then transition.
   world_model_path(env_id, seed, fingerprint) -> Path of the default checkpoint.
   save_world_model(path, model, fingerprint, **extra) / load_world_model(path, fingerprint, device)
@@ -1271,7 +1274,10 @@ def make_train_step(model, optimizer, train_inputs, train_targets, logvar_loss_c
 
     def train_step(batch_idx, mask):
         optimizer.zero_grad(set_to_none=True)
-        loss = ensemble_loss(model, train_inputs[batch_idx], train_targets[batch_idx], mask, logvar_loss_coef)
+        rows = batch_idx.reshape(-1)  # index_select of flat rows: ~3x faster than 2-D fancy indexing on CPU
+        inputs = train_inputs.index_select(0, rows).view(*batch_idx.shape, -1)
+        targets = train_targets.index_select(0, rows).view(*batch_idx.shape, -1)
+        loss = ensemble_loss(model, inputs, targets, mask, logvar_loss_coef)
         loss.backward()
         optimizer.step()
         return loss.detach()
@@ -1339,7 +1345,6 @@ def train_dynamics(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     step = make_train_step(model, optimizer, train_inputs, train_targets, logvar_loss_coef, use_compile,
                            use_cudagraphs)
-    evaluate = compile_step(holdout_mse, use_compile, use_cudagraphs, device)
     train_size = train_inputs.shape[0]
     bootstrap = torch.randint(train_size, (members, train_size), device=device)
     snapshots = [p.detach().clone() for p in [*model.weights, *model.biases]]
@@ -1350,7 +1355,7 @@ def train_dynamics(
         start = time.perf_counter()
         batches, masks = epoch_minibatches(bootstrap, batch_size)
         loss_sum = run_epoch(step, batches, masks, use_cudagraphs, progress, f"world model epoch {epoch}")
-        new_losses = evaluate(model, holdout_inputs, holdout_targets).tolist()
+        new_losses = holdout_mse(model, holdout_inputs, holdout_targets).tolist()  # once per epoch: eager
         bootstrap = bootstrap.gather(1, torch.rand(members, train_size, device=device).argsort(dim=1))
         improved = early_stopping_update(best, new_losses, improvement_threshold)
         if any(improved):
@@ -1401,7 +1406,8 @@ def _balanced_layout(route: torch.Tensor, num_elites: int):
     position of each sample), R = ceil(B / k). Unused positions repeat sample 0 and are discarded."""
     batch = route.shape[0]
     per_group = -(-batch // num_elites)
-    rank = (F.one_hot(route, num_elites).cumsum(0) - 1).gather(1, route[:, None]).squeeze(1)
+    one_hot = route[:, None] == torch.arange(num_elites, device=route.device)  # (F.one_hot syncs on CUDA)
+    rank = (one_hot.long().cumsum(0) - 1).gather(1, route[:, None]).squeeze(1)  # earlier samples of its group
     place = route * per_group + rank
     order = torch.zeros(num_elites * per_group, dtype=torch.long, device=route.device)
     order = order.scatter(0, place, torch.arange(batch, device=route.device))

@@ -80,7 +80,6 @@ def time_ours(args, data, device, use_compile: bool) -> dict:
     train_inputs, train_targets, holdout_inputs, holdout_targets = wm.split_and_scale(model, *data)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     step = wm.make_train_step(model, optimizer, train_inputs, train_targets, 0.01, use_compile, False)
-    evaluate = wm.compile_step(wm.holdout_mse, use_compile, False, device)
     train_size = train_inputs.shape[0]
     bootstrap = torch.randint(train_size, (7, train_size), device=device)
 
@@ -91,7 +90,7 @@ def time_ours(args, data, device, use_compile: bool) -> dict:
     num_batches = batches.shape[0]
     first = time.perf_counter()
     step(batches[0], masks[0]).item()
-    evaluate(model, holdout_inputs, holdout_targets).tolist()
+    wm.holdout_mse(model, holdout_inputs, holdout_targets).tolist()
     first = time.perf_counter() - first
     wm.run_epoch(step, batches[1 : 1 + args.warmup_batches], masks[1 : 1 + args.warmup_batches]).item()
 
@@ -101,7 +100,7 @@ def time_ours(args, data, device, use_compile: bool) -> dict:
     wm.run_epoch(step, batches[chosen], masks[chosen]).item()
     per_batch = (time.perf_counter() - start) / timed
     start = time.perf_counter()
-    evaluate(model, holdout_inputs, holdout_targets).tolist()
+    wm.holdout_mse(model, holdout_inputs, holdout_targets).tolist()
     bootstrap = bootstrap.gather(1, torch.rand(7, train_size, device=device).argsort(dim=1))
     sync(device)
     per_epoch += time.perf_counter() - start

@@ -352,3 +352,8 @@ def test_compiled_steps_match_eager():
         inductor_config.fallback_random = previous
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(compiled[1], eager[1], rtol=1e-4, atol=1e-5)
+
+
+def test_cudagraphs_without_cuda_fails_before_loading_data():
+    with pytest.raises(SystemExit, match="--cudagraphs needs a CUDA device"):
+        F.main(F.Args(env_id="no-such-task", device="cpu", cudagraphs=True))

@@ -1,10 +1,17 @@
 """LEQ core math on small stand-in networks: the actor's one-sweep gradient against the brute-force Jacobian
 diagonal, the return targets, and each critic-loss term on a hand-made batch (leq-spec §5)."""
 
+import copy
+
 import pytest
 import torch
 
 from leq_state import (
+    Actor,
+    Args,
+    Critic,
+    EnsembleDynamics,
+    ExpansionBuffer,
     Rollout,
     actor_loss_one_sweep,
     critic_loss_terms,
@@ -12,6 +19,11 @@ from leq_state import (
     imagine,
     lambda_returns,
     recursive_returns,
+    cosine_lr,
+    ema_copy,
+    make_leq_update,
+    make_model_transition,
+    normalization_stats,
     return_coefficients,
 )
 
@@ -222,3 +234,79 @@ def test_imagine_keeps_fixed_shapes_and_masks_terminations():
     assert (rollout.alive[1:] <= rollout.alive[:-1]).all(), "alive never comes back"
     step0_term = terminated(start, actor(start), rollout.states[1])
     torch.testing.assert_close(rollout.alive[1], 1 - step0_term.double())
+
+
+def test_expansion_buffer_is_a_fifo_of_the_last_expansions():
+    """Every expansion writes R states per start (s_0..s_{R-1}); the oldest of `keep` expansions is replaced."""
+    size, length, keep = 4, 3, 2
+    buffer = ExpansionBuffer(obs_dim=1, size=size, length=length, keep=keep, device="cpu")
+    marker = torch.zeros(1)
+
+    def transition(s, a):  # s_{t+1} = s_t + 1, so a stored state tells its step
+        return s + 1, torch.zeros(s.shape[0])
+
+    for expansion in range(3):
+        marker.fill_(100.0 * expansion)
+        buffer.expand(lambda s: torch.zeros(s.shape[0], 1), transition, marker.expand(10, 1).clone(), chunk=3)
+        assert buffer.filled.item() == min(expansion + 1, keep) * length * size
+    stored = sorted(buffer.states.squeeze(1).tolist())
+    assert stored == sorted([100.0 * e + t for e in (1, 2) for t in range(length) for _ in range(size)])
+    samples = buffer.sample(1000)
+    assert set(samples.squeeze(1).tolist()) <= set(stored)
+
+
+def test_cosine_actor_lr_decays_to_zero_in_a_device_tensor():
+    steps = torch.tensor([0.0, 50.0, 100.0, 150.0])
+    torch.testing.assert_close(cosine_lr(3e-5, steps, 100), torch.tensor([3e-5, 1.5e-5, 0.0, 0.0]))
+
+
+def test_both_updates_use_the_pre_step_parameters():
+    """One update step equals: both losses from copies of the old actor and critic (same random draws), then
+    both optimisers step. Stepping one network before the other loss is computed would differ."""
+    torch.manual_seed(0)
+    n, obs_dim, act_dim = 64, 3, 2
+    obs = torch.randn(n, obs_dim)
+    data = {"obs": obs, "act": torch.rand(n, act_dim) * 2 - 1, "reward": torch.randn(n), "mask": torch.ones(n),
+            "next_obs": obs + 0.1 * torch.randn(n, obs_dim)}
+    stats = normalization_stats(obs.numpy(), data["act"].numpy())
+    actor = Actor(stats["obs_mean"], stats["obs_std"], act_dim, hidden_dim=16)
+    critic = Critic(stats["obs_act_mean"], stats["obs_act_std"], hidden_dim=16)
+    critic_ema = ema_copy(critic)
+    world_model = EnsembleDynamics(obs_dim, act_dim, hidden_dims=(16, 16), weight_decays=(0, 0, 0)).requires_grad_(False)
+    transition = make_model_transition(world_model, "exact", 1.0, -1.0)
+
+    def terminated(s, a, s_next):
+        return s_next[:, 0] > 0.5
+
+    args = Args(total_steps=10, batch_size=8, model_batch_size=8, horizon=3)
+    starts = lambda b: obs[torch.randint(0, n, (b,))]
+    old_actor, old_critic, old_ema = copy.deepcopy(actor), copy.deepcopy(critic), copy.deepcopy(critic_ema)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=torch.tensor(args.actor_lr))
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
+    update, _ = make_leq_update(actor, critic, critic_ema, actor_opt, critic_opt, data, starts, transition,
+                                terminated, args, tau=0.3)
+    torch.manual_seed(1)
+    update()
+
+    torch.manual_seed(1)  # the same draws, in the same order, on the old networks
+    index = torch.randint(0, n, (args.batch_size,))
+    start = starts(args.model_batch_size)
+    alpha, beta = return_coefficients("lambda", args.horizon, args.lam)
+    actor_loss, *_ = actor_loss_one_sweep(old_actor, old_critic, transition, terminated, start, args.horizon,
+                                          args.gamma, alpha, beta, 0.3)
+    rollout = imagine(old_actor, transition, terminated, start, args.horizon)
+    with torch.no_grad():
+        q = old_critic(rollout.states.flatten(0, 1), rollout.actions.flatten(0, 1)).view(args.horizon + 1, -1)
+        targets = critic_targets("lambda", q, rollout.rewards, rollout.alive, args.gamma, args.lam)
+        next_q = old_critic(data["next_obs"][index], old_actor(data["next_obs"][index]))
+    batch = {"observations": data["obs"][index], "actions": data["act"][index], "rewards": data["reward"][index],
+             "masks": data["mask"][index]}
+    terms = critic_loss_terms(old_critic, old_ema, batch, rollout, next_q, targets, args.gamma, 0.3)
+    critic_loss = 0.75 * (terms["td_data"] + terms["ema_data"]) + 0.25 * (terms["expectile_model"] + terms["ema_model"])
+    actor_loss.backward()
+    critic_loss.backward()
+    torch.optim.Adam(old_actor.parameters(), lr=args.actor_lr).step()
+    torch.optim.Adam(old_critic.parameters(), lr=args.critic_lr).step()
+    for new, old in ((actor, old_actor), (critic, old_critic)):
+        for p_new, p_old in zip(new.parameters(), old.parameters()):
+            torch.testing.assert_close(p_new, p_old)

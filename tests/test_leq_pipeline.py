@@ -40,7 +40,8 @@ def run_checkpoint(exp_name: str) -> dict:
     return torch.load(os.path.join("runs", run_dir, "checkpoint.pt"), weights_only=False)
 
 
-@pytest.mark.parametrize("use_compile", [False, True], ids=["eager", "compiled"])
+# compiled: about 5-8 minutes of torch.compile on a busy 2-core CPU, hence slow (run with `pytest -m slow`)
+@pytest.mark.parametrize("use_compile", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"])
 def test_end_to_end_crosses_expansion_evaluation_and_checkpoint(workdir, use_compile):
     name = f"e2e_{'compiled' if use_compile else 'eager'}"
     history = leq_state.main(tiny_args(exp_name=name, compile=use_compile))

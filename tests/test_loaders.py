@@ -247,3 +247,14 @@ def test_fingerprint_is_stable_and_data_sensitive(tmp_path):
     arrays["rewards"][0] = 2.0
     other = cd.load_d4rl_hdf5(cd.get_task("hopper-medium"), write_hdf5(tmp_path / "c.hdf5", **arrays))
     assert first.fingerprint == again.fingerprint != other.fingerprint
+
+
+def test_download_is_only_tried_when_asked_and_fails_clearly(minari_root):
+    pytest.importorskip("minari")
+    try:
+        import huggingface_hub  # noqa: F401
+        pytest.skip("huggingface_hub is installed: a download would go to the network")
+    except ImportError:
+        pass
+    with pytest.raises(SystemExit, match=r"downloading D4RL/antmaze/umaze-v1 failed: .*minari\[hf\]"):
+        cd.load_dataset(cd.get_task("antmaze-umaze"), download=True)

@@ -347,7 +347,8 @@ def test_script_trains_saves_and_reloads(pointmaze_data, tmp_path, monkeypatch, 
     task, data = pointmaze_data
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(wm.minari_root()))
     monkeypatch.chdir(tmp_path)  # the default checkpoint path is relative
-    args = wm.Args(env_id=task.env_id, hidden_dims=(16, 16), weight_decays=(2.5e-5, 5e-5, 1e-4), max_epochs=3)
+    args = wm.Args(env_id=task.env_id, hidden_dims=(16, 16), weight_decays=(2.5e-5, 5e-5, 1e-4), max_epochs=3,
+                   compile=False)
     path = wm.main(args)
     assert path == wm.world_model_path(task.env_id, 1, data.fingerprint)
     out = capsys.readouterr().out
@@ -374,3 +375,37 @@ def test_compiled_training_gives_the_eager_numbers():
                                    use_compile=use_compile, progress=False)
         losses[use_compile] = [h["train_loss"] for h in result["history"]] + result["holdout_losses"]
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_script_refuses_bad_arguments_before_loading_data():
+    with pytest.raises(SystemExit, match="one value per layer"):
+        wm.main(wm.Args(hidden_dims=(200, 200)))
+    with pytest.raises(SystemExit, match="num-elites"):
+        wm.main(wm.Args(num_elites=8))
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="cudagraphs needs a CUDA device"):
+            wm.main(wm.Args(cudagraphs=True))
+
+
+def test_track_logs_every_epoch(pointmaze_data, tmp_path, monkeypatch):
+    task, _ = pointmaze_data
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(wm.minari_root()))
+
+    class FakeRun:
+        def __init__(self):
+            self.logged, self.summary, self.finished = [], {}, False
+
+        def log(self, metrics, step):
+            self.logged.append((step, metrics))
+
+        def finish(self):
+            self.finished = True
+
+    run = FakeRun()
+    monkeypatch.setattr(wm, "init_tracking", lambda args, run_name: run if args.track else None)
+    args = wm.Args(env_id=task.env_id, hidden_dims=(8,), weight_decays=(1e-4, 1e-4), max_epochs=2, track=True,
+                   compile=False, checkpoint_path=str(tmp_path / "model.pt"))
+    wm.main(args)
+    assert [step for step, _ in run.logged] == [1, 2] and run.finished
+    assert {"world_model/train_loss", "world_model/elites_holdout_mse", "world_model/holdout_mse_6"} <= set(run.logged[0][1])
+    assert "world_model/elites_holdout_mse" in run.summary
