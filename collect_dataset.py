@@ -685,14 +685,20 @@ def make_eval_env(task: Task, data: OfflineData, render_mode=None) -> EvalEnv:
         start, goal = maze_start_goal_cells(task, data.source.removeprefix("minari:"))
         env = make_maze_env(task, _maze_map(task, start, goal), False, task.max_episode_steps, render_mode)
         return EvalEnv(env, _flat_maze_obs(task))
-    import gymnasium as gym
-
     kwargs = {"exclude_current_positions_from_observation": False} if task.family == "neorl" else {}
     if render_mode is not None:
         kwargs.update(width=VIDEO_SIZE, height=VIDEO_SIZE)
-    env = gym.make(data.eval_gym_id or _default_eval_gym_id(task), max_episode_steps=task.max_episode_steps,
-                   render_mode=render_mode, **kwargs)
+    env = make_locomotion_env(task, data.eval_gym_id or _default_eval_gym_id(task), render_mode=render_mode, **kwargs)
     return EvalEnv(env, lambda obs: obs.astype(np.float32))
+
+
+def make_locomotion_env(task: Task, gym_id: str, **kwargs):
+    """gymnasium's MuJoCo env `gym_id`; v4 is chosen on purpose (D4RL's dynamics), so its deprecation note is muted."""
+    import gymnasium as gym
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is out of date", category=DeprecationWarning)
+        return gym.make(gym_id, max_episode_steps=task.max_episode_steps, **kwargs)
 
 
 def make_antmaze_eval_env_for_d4rl_data(task: Task, render_mode=None) -> EvalEnv:
@@ -948,10 +954,9 @@ def collect_antmaze_random(task: Task, steps: int, seed: int):
 
 def collect_locomotion_random(task: Task, steps: int, seed: int):
     """Uniform random actions in the gymnasium v4 env (D4RL's observation layout), episodes of at most 1000 steps."""
-    import gymnasium as gym
     from tqdm import tqdm
 
-    env = gym.make(_default_eval_gym_id(task), max_episode_steps=task.max_episode_steps)
+    env = make_locomotion_env(task, _default_eval_gym_id(task))
     env.action_space.seed(seed)
     episodes, returns = [], []
     obs, _ = env.reset(seed=seed)

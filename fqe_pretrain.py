@@ -1323,7 +1323,11 @@ def sanity_check(task, data, actor, critic, args: Args, device) -> dict:
         return actor(obs).cpu().numpy()
 
     stats = evaluate(task, data, policy, num_episodes=args.eval_episodes, seed=args.seed, gamma=args.gamma)
+    # FQE values the task without a time limit; episodes stop after T steps, leaving out gamma^T V(s_T).
+    largest_reward = np.abs(np.asarray(data.rewards) * data.reward_scale + data.reward_shift).max()
+    tail = args.gamma ** task.max_episode_steps * largest_reward / (1 - args.gamma) if args.gamma < 1 else np.inf
     result.update(
+        truncation_tail_bound=float(tail),
         fqe_value_env_starts=float(np.mean(env_start_values[0])),
         discounted_return=float(np.mean(stats["discounted_returns"])),
         discounted_return_std=float(np.std(stats["discounted_returns"])),
@@ -1393,7 +1397,8 @@ def main(args: Args) -> dict:
     if "discounted_return" in check:
         print(f"FQE estimate at the environment's start states: {check['fqe_value_env_starts']:.3f}; actual "
               f"discounted return (gamma {args.gamma}) over {args.eval_episodes} episodes: "
-              f"{check['discounted_return']:.3f} +- {check['discounted_return_std']:.3f}")
+              f"{check['discounted_return']:.3f} +- {check['discounted_return_std']:.3f} (episodes stop after "
+              f"{task.max_episode_steps} steps; the part of the value beyond is at most {check['truncation_tail_bound']:.3g})")
         print(f"BC policy score (success rate x 100 for mazes): {check['score']:.1f} +- {check['score_std']:.1f}")
     if run is not None:
         run.summary.update({f"final/{k}": v for k, v in metrics.items()})

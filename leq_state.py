@@ -1854,50 +1854,53 @@ def actor_loss_one_sweep(actor, critic, transition, terminated, start, horizon, 
 
     g_t is the total derivative through critic, model reward and next state and the later actions' dependence
     on later states (policy parameters fixed). It comes from ONE reverse sweep of H+1 small vector-Jacobian
-    products (leq-spec §5, cost note): with u_t = dV_t/ds_t, step t's local map (s_t, a_t) -> (q_t, r_t,
-    s_{t+1}) gets the cotangents (alpha_t, beta_t m_t, beta_t gamma m_{t+1} u_{t+1}); its VJP gives
-    (ds, da), g_t = da and u_t = ds + da . dpi/ds. The forward pass keeps every step's graph, so the model
-    noise and elite draws are the ones of the forward pass. Returns (loss, V [H+1, B], q [H+1, B], g [H+1, B, act])."""
-    states, policy_actions, actions, qs, rewards, next_states, alive = [], [], [], [], [], [], [None] * (horizon + 1)
-    alive[0] = torch.ones_like(start[:, 0])
+    products (leq-spec §5, cost note): with u_t = dV_t/ds_t, step t's local map (s_t, a_t) -> (q_t, s_{t+1},
+    r_t) gets the cotangents (alpha_t, beta_t gamma m_{t+1} u_{t+1}, beta_t m_t); its VJP gives (ds, da),
+    g_t = da and u_t = ds + da . dpi/ds. torch.func.vjp keeps each step's pullback from the forward pass, so
+    the model noise and elite draws are the forward pass's, and torch.compile traces the sweep as one graph.
+    Returns (loss, V [H+1, B], q [H+1, B], g [H+1, B, act])."""
+    states, qs, rewards, step_pullbacks, policy_pullbacks = [], [], [], [], []
+    alive = [torch.ones_like(start[:, 0])]
     state = start.detach()
     for t in range(horizon + 1):
-        state = state.detach().requires_grad_(True)
-        policy_action = actor(state)  # pi_theta(sg(s_t)): the loss's graph, and the path da -> ds
-        action = policy_action.detach().requires_grad_(True)
+        action, policy_pullback = torch.func.vjp(actor, state)
         states.append(state)
-        policy_actions.append(policy_action)
-        actions.append(action)
-        qs.append(critic(state, action))
+        policy_pullbacks.append(policy_pullback)
         if t < horizon:
-            next_state, reward = transition(state, action)
-            alive[t + 1] = alive[t] * (1.0 - terminated(state, action, next_state).detach().float())
+            (q, next_state, reward), step_pullback = torch.func.vjp(
+                lambda s, a: (critic(s, a), *transition(s, a)), state, action
+            )
+            alive.append(alive[t] * (1.0 - terminated(state, action, next_state).float()))
             rewards.append(reward)
-            next_states.append(next_state)
             state = next_state
-    q = torch.stack([v.detach() for v in qs])
-    values = recursive_returns(q, torch.stack([r.detach() for r in rewards]), torch.stack(alive), gamma, alpha, beta)
+        else:
+            q, step_pullback = torch.func.vjp(critic, state, action)
+        qs.append(q)
+        step_pullbacks.append(step_pullback)
+    q, alive = torch.stack(qs).detach(), torch.stack(alive)
+    values = recursive_returns(q, torch.stack(rewards).detach(), alive, gamma, alpha, beta)
 
     gradients = [None] * (horizon + 1)
     state_gradient = None  # u_{t+1}
     for t in range(horizon, -1, -1):
-        outputs, cotangents = [qs[t]], [torch.full_like(qs[t], 1.0 if t == horizon else alpha[t])]
-        if t < horizon:
-            outputs += [rewards[t], next_states[t]]
-            cotangents += [beta[t] * alive[t], (beta[t] * gamma) * alive[t + 1][:, None] * state_gradient]
-        d_state, d_action = torch.autograd.grad(outputs, (states[t], actions[t]), cotangents, allow_unused=True)
-        d_state = torch.zeros_like(states[t]) if d_state is None else d_state
-        gradients[t] = d_action
+        if t == horizon:
+            d_state, d_action = step_pullbacks[t](torch.ones_like(qs[t]))
+        else:
+            d_state, d_action = step_pullbacks[t](
+                (torch.full_like(qs[t], alpha[t]), (beta[t] * gamma) * alive[t + 1][:, None] * state_gradient,
+                 beta[t] * alive[t])
+            )
+        gradients[t] = d_action.detach()
         if t > 0:
-            (through_policy,) = torch.autograd.grad(policy_actions[t], states[t], d_action, retain_graph=True)
+            (through_policy,) = policy_pullbacks[t](d_action)
             state_gradient = d_state + through_policy
+    gradients = torch.stack(gradients)
 
     weights = expectile_weight(values, q, tau)
     weights[horizon] = 0.5  # e_H = 0.5 (leq-spec §5)
-    loss = sum(
-        -((weights[t, :, None] * gradients[t]).detach() * policy_actions[t]).sum(-1).mean() for t in range(horizon + 1)
-    )
-    return loss, values, q, torch.stack(gradients)
+    policy_actions = actor(torch.stack(states).detach())  # pi_theta(sg(s_t)) for all t in one batched call
+    loss = -((weights[..., None] * gradients) * policy_actions).sum(-1).mean(-1).sum()
+    return loss, values, q, gradients
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1985,8 +1988,7 @@ def make_leq_update(actor, critic, critic_ema, actor_optimizer, critic_optimizer
 
         actor_optimizer.zero_grad(set_to_none=True)
         critic_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        critic_loss.backward()
+        (actor_loss + critic_loss).backward()  # disjoint parameters: one backward gives both gradients
         actor_lr.copy_(cosine_lr(args.actor_lr, step_count, args.total_steps))
         actor_optimizer.step()
         critic_optimizer.step()

@@ -77,6 +77,8 @@ class Args:
     """stop after this many epochs without any member improving"""
     max_epochs: int | None = None
     """hard cap on epochs (None: run until the early stop, as the LEQ authors did)"""
+    export_offlinerlkit: str | None = None
+    """also write dynamics.pth, mu.npy, std.npy in OfflineRL-Kit's layout (what the authors' JAX LEQ loads) here"""
 
 
 # ==== mirror: common (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
@@ -1413,6 +1415,25 @@ def load_world_model(path, fingerprint: str | None, device):
 # ==== end mirror: world_model ====
 
 
+def export_offlinerlkit(model: EnsembleDynamics, folder) -> None:
+    """Write the model as OfflineRL-Kit saves it (anchors 4.7): dynamics.pth, the state_dict of its
+    EnsembleDynamicsModel (backbones.{i} / output_layer with weight, bias, saved_weight, saved_bias; max_logvar,
+    min_logvar, elites), and the scaler as mu.npy / std.npy of shape [1, obs_dim + act_dim]."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {}
+    last = len(model.weights) - 1
+    for i, (weight, bias) in enumerate(zip(model.weights, model.biases)):
+        prefix = "output_layer" if i == last else f"backbones.{i}"
+        for name, value in [("weight", weight), ("bias", bias), ("saved_weight", weight), ("saved_bias", bias)]:
+            state[f"{prefix}.{name}"] = value.detach().cpu().clone()  # snapshots already restored: saved = live
+    state.update(max_logvar=model.max_logvar.detach().cpu().clone(), min_logvar=model.min_logvar.detach().cpu().clone(),
+                 elites=model.elites.detach().cpu().clone())
+    atomic_save(state, folder / "dynamics.pth")
+    np.save(folder / "mu.npy", model.input_mean.cpu().numpy()[None])
+    np.save(folder / "std.npy", model.input_std.cpu().numpy()[None])
+
+
 def train_world_model(args: Args) -> Path:
     """The whole pipeline: data -> ensemble training -> checkpoint. Returns the checkpoint path."""
     device = resolve_device(args.device)
@@ -1480,6 +1501,9 @@ def train_world_model(args: Args) -> Path:
         f"mean {np.mean(elite_losses):.4g}\nsaved {path}",
         flush=True,
     )
+    if args.export_offlinerlkit:
+        export_offlinerlkit(model, args.export_offlinerlkit)
+        print(f"OfflineRL-Kit copy: {args.export_offlinerlkit}/dynamics.pth, mu.npy, std.npy")
     if tracker is not None:
         tracker.summary["world_model/elites_holdout_mse"] = float(np.mean(elite_losses))
         tracker.finish()

@@ -409,3 +409,28 @@ def test_track_logs_every_epoch(pointmaze_data, tmp_path, monkeypatch):
     assert [step for step, _ in run.logged] == [1, 2] and run.finished
     assert {"world_model/train_loss", "world_model/elites_holdout_mse", "world_model/holdout_mse_6"} <= set(run.logged[0][1])
     assert "world_model/elites_holdout_mse" in run.summary
+
+
+def test_offlinerlkit_export_predicts_like_the_model(tmp_path):
+    """The exported dynamics.pth + mu/std, run the way OfflineRL-Kit runs them (einsum layers, Swish, soft clamp,
+    scaler (x - mu) / std), give our model's predictions."""
+    model = small_model()
+    model.elites.copy_(torch.tensor([2, 0, 1]))
+    wm.export_offlinerlkit(model, tmp_path)
+    state = torch.load(tmp_path / "dynamics.pth")
+    mu, std = np.load(tmp_path / "mu.npy"), np.load(tmp_path / "std.npy")
+    assert set(state) == {f"{layer}.{name}" for layer in ["backbones.0", "backbones.1", "output_layer"]
+                          for name in ["weight", "bias", "saved_weight", "saved_bias"]} | {"max_logvar", "min_logvar", "elites"}
+    assert mu.shape == (1, 5) and state["elites"].tolist() == [2, 0, 1] and state["elites"].dtype == torch.int64
+    obs, act = torch.randn(6, 3), torch.randn(6, 2)
+    x = torch.as_tensor((np.concatenate([obs.numpy(), act.numpy()], 1) - mu) / std, dtype=torch.float32)
+    for name in ["backbones.0", "backbones.1"]:
+        x = torch.einsum("ij,bjk->bik" if x.dim() == 2 else "bij,bjk->bik", x, state[f"{name}.weight"])
+        x = x + state[f"{name}.bias"]
+        x = x * torch.sigmoid(x)
+    mean, logvar = (torch.einsum("bij,bjk->bik", x, state["output_layer.weight"]) + state["output_layer.bias"]).chunk(2, -1)
+    logvar = state["max_logvar"] - F.softplus(state["max_logvar"] - logvar)
+    logvar = state["min_logvar"] + F.softplus(logvar - state["min_logvar"])
+    ours_mean, ours_logvar = model(model.normalize(obs, act))
+    torch.testing.assert_close(mean, ours_mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logvar, ours_logvar, rtol=1e-5, atol=1e-5)
