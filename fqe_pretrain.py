@@ -726,14 +726,20 @@ def make_eval_env(task: Task, data: OfflineData, render_mode=None) -> EvalEnv:
         start, goal = maze_start_goal_cells(task, data.source.removeprefix("minari:"))
         env = make_maze_env(task, _maze_map(task, start, goal), False, task.max_episode_steps, render_mode)
         return EvalEnv(env, _flat_maze_obs(task))
-    import gymnasium as gym
-
     kwargs = {"exclude_current_positions_from_observation": False} if task.family == "neorl" else {}
     if render_mode is not None:
         kwargs.update(width=VIDEO_SIZE, height=VIDEO_SIZE)
-    env = gym.make(data.eval_gym_id or _default_eval_gym_id(task), max_episode_steps=task.max_episode_steps,
-                   render_mode=render_mode, **kwargs)
+    env = make_locomotion_env(task, data.eval_gym_id or _default_eval_gym_id(task), render_mode=render_mode, **kwargs)
     return EvalEnv(env, lambda obs: obs.astype(np.float32))
+
+
+def make_locomotion_env(task: Task, gym_id: str, **kwargs):
+    """gymnasium's MuJoCo env `gym_id`; v4 is chosen on purpose (D4RL's dynamics), so its deprecation note is muted."""
+    import gymnasium as gym
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is out of date", category=DeprecationWarning)
+        return gym.make(gym_id, max_episode_steps=task.max_episode_steps, **kwargs)
 
 
 def make_antmaze_eval_env_for_d4rl_data(task: Task, render_mode=None) -> EvalEnv:
@@ -989,10 +995,9 @@ def collect_antmaze_random(task: Task, steps: int, seed: int):
 
 def collect_locomotion_random(task: Task, steps: int, seed: int):
     """Uniform random actions in the gymnasium v4 env (D4RL's observation layout), episodes of at most 1000 steps."""
-    import gymnasium as gym
     from tqdm import tqdm
 
-    env = gym.make(_default_eval_gym_id(task), max_episode_steps=task.max_episode_steps)
+    env = make_locomotion_env(task, _default_eval_gym_id(task))
     env.action_space.seed(seed)
     episodes, returns = [], []
     obs, _ = env.reset(seed=seed)
@@ -1040,7 +1045,9 @@ def collect_locomotion_random(task: Task, steps: int, seed: int):
       log interval and read back only at log time.
   policy_value(critic, actor, obs) -> Q(obs, actor(obs)), no grad.
   pretrain_checkpoint_path(env_id, seed, fingerprint) -> checkpoints/pretrain/{env_id}__seed{seed}__{fp[:10]}.pt
-  save_pretrain_checkpoint(path, actor, critic, ema_critic, fingerprint, args, metrics=None)
+  save_pretrain_checkpoint(path, actor, critic, ema_critic, fingerprint, args, metrics=None): kind "pretrain";
+      actor and critic must share hidden_dim and num_layers; ema_critic is FQE's own EMA copy (LEQ restarts its EMA
+      from the FQE critic, leq-spec §4).
   load_pretrain_checkpoint(path, fingerprint, device) -> (actor, critic, ema_critic, checkpoint dict); refuses a
       missing file, another kind, or a checkpoint trained on another dataset (load_checkpoint of the common block).
 """
@@ -1143,13 +1150,17 @@ def transition_tensors(data, device) -> dict:
     def tensor(x):
         return torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)
 
-    return {
+    tensors = {
         "obs": tensor(data.observations),
         "act": tensor(data.actions),
         "reward": tensor(np.asarray(data.rewards, dtype=np.float32) * data.reward_scale + data.reward_shift),
         "mask": 1.0 - tensor(data.terminals),
         "next_obs": tensor(data.next_observations),
     }
+    if torch.device(device).type == "cuda":  # fixed addresses: CUDA-graph replays read the data in place, no copy
+        for t in tensors.values():
+            torch._dynamo.mark_static_address(t)
+    return tensors
 
 
 def bc_loss(actor: Actor, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:

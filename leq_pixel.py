@@ -106,8 +106,8 @@ class Args:
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'"""
     compile: bool | None = None
-    """torch.compile the update steps; None = on for CUDA, off for CPU (compiling the unrolled RSSM costs
-    minutes on a CPU and gains little there, see benchmarks/bench_pixel.py)"""
+    """torch.compile the update steps; None = on for CUDA, off for CPU (measured on a busy 2-core CPU, size 3m,
+    batch 4 x 16: compiling the unrolled RSSM took over 13 minutes, then world-model updates ran 1.25x faster)"""
     cudagraphs: bool = False
     """capture the compiled update steps as CUDA graphs (CUDA only)"""
     bf16: bool = False

@@ -773,14 +773,20 @@ def make_eval_env(task: Task, data: OfflineData, render_mode=None) -> EvalEnv:
         start, goal = maze_start_goal_cells(task, data.source.removeprefix("minari:"))
         env = make_maze_env(task, _maze_map(task, start, goal), False, task.max_episode_steps, render_mode)
         return EvalEnv(env, _flat_maze_obs(task))
-    import gymnasium as gym
-
     kwargs = {"exclude_current_positions_from_observation": False} if task.family == "neorl" else {}
     if render_mode is not None:
         kwargs.update(width=VIDEO_SIZE, height=VIDEO_SIZE)
-    env = gym.make(data.eval_gym_id or _default_eval_gym_id(task), max_episode_steps=task.max_episode_steps,
-                   render_mode=render_mode, **kwargs)
+    env = make_locomotion_env(task, data.eval_gym_id or _default_eval_gym_id(task), render_mode=render_mode, **kwargs)
     return EvalEnv(env, lambda obs: obs.astype(np.float32))
+
+
+def make_locomotion_env(task: Task, gym_id: str, **kwargs):
+    """gymnasium's MuJoCo env `gym_id`; v4 is chosen on purpose (D4RL's dynamics), so its deprecation note is muted."""
+    import gymnasium as gym
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is out of date", category=DeprecationWarning)
+        return gym.make(gym_id, max_episode_steps=task.max_episode_steps, **kwargs)
 
 
 def make_antmaze_eval_env_for_d4rl_data(task: Task, render_mode=None) -> EvalEnv:
@@ -1036,10 +1042,9 @@ def collect_antmaze_random(task: Task, steps: int, seed: int):
 
 def collect_locomotion_random(task: Task, steps: int, seed: int):
     """Uniform random actions in the gymnasium v4 env (D4RL's observation layout), episodes of at most 1000 steps."""
-    import gymnasium as gym
     from tqdm import tqdm
 
-    env = gym.make(_default_eval_gym_id(task), max_episode_steps=task.max_episode_steps)
+    env = make_locomotion_env(task, _default_eval_gym_id(task))
     env.action_space.seed(seed)
     episodes, returns = [], []
     obs, _ = env.reset(seed=seed)
@@ -1355,7 +1360,8 @@ def train_dynamics(
         start = time.perf_counter()
         batches, masks = epoch_minibatches(bootstrap, batch_size)
         loss_sum = run_epoch(step, batches, masks, use_cudagraphs, progress, f"world model epoch {epoch}")
-        new_losses = holdout_mse(model, holdout_inputs, holdout_targets).tolist()  # once per epoch: eager
+        holdout = holdout_mse(model, holdout_inputs, holdout_targets)  # the whole holdout in one eager call
+        train_loss, *new_losses = torch.cat([loss_sum[None] / batches.shape[0], holdout]).tolist()  # one read
         bootstrap = bootstrap.gather(1, torch.rand(members, train_size, device=device).argsort(dim=1))
         improved = early_stopping_update(best, new_losses, improvement_threshold)
         if any(improved):
@@ -1365,7 +1371,7 @@ def train_dynamics(
             epochs_since_update += 1
         stats = dict(
             epoch=epoch,
-            train_loss=loss_sum.item() / batches.shape[0],
+            train_loss=train_loss,
             holdout_mse=new_losses,
             elites_holdout_mse=float(np.mean(sorted(new_losses)[: model.num_elites])),
             epochs_since_update=epochs_since_update,
@@ -1486,7 +1492,9 @@ def load_world_model(path, fingerprint: str | None, device):
       log interval and read back only at log time.
   policy_value(critic, actor, obs) -> Q(obs, actor(obs)), no grad.
   pretrain_checkpoint_path(env_id, seed, fingerprint) -> checkpoints/pretrain/{env_id}__seed{seed}__{fp[:10]}.pt
-  save_pretrain_checkpoint(path, actor, critic, ema_critic, fingerprint, args, metrics=None)
+  save_pretrain_checkpoint(path, actor, critic, ema_critic, fingerprint, args, metrics=None): kind "pretrain";
+      actor and critic must share hidden_dim and num_layers; ema_critic is FQE's own EMA copy (LEQ restarts its EMA
+      from the FQE critic, leq-spec §4).
   load_pretrain_checkpoint(path, fingerprint, device) -> (actor, critic, ema_critic, checkpoint dict); refuses a
       missing file, another kind, or a checkpoint trained on another dataset (load_checkpoint of the common block).
 """
@@ -1589,13 +1597,17 @@ def transition_tensors(data, device) -> dict:
     def tensor(x):
         return torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)
 
-    return {
+    tensors = {
         "obs": tensor(data.observations),
         "act": tensor(data.actions),
         "reward": tensor(np.asarray(data.rewards, dtype=np.float32) * data.reward_scale + data.reward_shift),
         "mask": 1.0 - tensor(data.terminals),
         "next_obs": tensor(data.next_observations),
     }
+    if torch.device(device).type == "cuda":  # fixed addresses: CUDA-graph replays read the data in place, no copy
+        for t in tensors.values():
+            torch._dynamo.mark_static_address(t)
+    return tensors
 
 
 def bc_loss(actor: Actor, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:

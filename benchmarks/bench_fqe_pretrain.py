@@ -2,7 +2,7 @@
 (and compile + CUDA graphs on a GPU), with the paper's 3 x 256 networks on AntMaze-sized synthetic data
 (obs 29, action 8). Prints milliseconds per step (median of repeats after a warm-up) and the compile time.
 
-    python benchmarks/bench_fqe_pretrain.py [--device cpu|cuda] [--steps 200] [--transitions 100000]
+    python benchmarks/bench_fqe_pretrain.py [--device cpu|cuda] [--steps 200] [--threads 1] [--modes eager,compile]
 """
 
 import argparse
@@ -68,7 +68,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--transitions", type=int, default=100_000)
     parser.add_argument("--modes", default=None, help="comma list of eager,compile,cudagraphs (default: all that apply)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = F.resolve_device(args.device)
     modes = args.modes.split(",") if args.modes else ["eager", "compile"] + (["cudagraphs"] if device.type == "cuda" else [])
     raw = synthetic_data(args.transitions, 29, 8)
