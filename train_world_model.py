@@ -1433,8 +1433,8 @@ def export_offlinerlkit(model: EnsembleDynamics, folder) -> None:
         prefix = "output_layer" if i == last else f"backbones.{i}"
         for name, value in [("weight", weight), ("bias", bias), ("saved_weight", weight), ("saved_bias", bias)]:
             state[f"{prefix}.{name}"] = value.detach().cpu().clone()  # snapshots already restored: saved = live
-    state.update(max_logvar=model.max_logvar.detach().cpu().clone(), min_logvar=model.min_logvar.detach().cpu().clone(),
-                 elites=model.elites.detach().cpu().clone())
+    for name in ["max_logvar", "min_logvar", "elites"]:
+        state[name] = getattr(model, name).detach().cpu().clone()
     atomic_save(state, folder / "dynamics.pth")
     np.save(folder / "mu.npy", model.input_mean.cpu().numpy()[None])
     np.save(folder / "std.npy", model.input_std.cpu().numpy()[None])
@@ -1443,8 +1443,8 @@ def export_offlinerlkit(model: EnsembleDynamics, folder) -> None:
 def train_world_model(args: Args) -> Path:
     """The whole pipeline: data -> ensemble training -> checkpoint. Returns the checkpoint path."""
     device = resolve_device(args.device)
-    # measured on CPU: the compiled step is ~1.25x faster per minibatch (benchmarks/bench_world_model.py), which
-    # repays its compile time (~30-70 s) within the first epoch of a 1M-transition dataset
+    # measured on CPU: the compiled step is 1.15-1.25x faster per minibatch (benchmarks/bench_world_model.py),
+    # which repays its compile time (40-70 s on a busy 2-core machine) within the first epoch of 1M transitions
     use_compile = args.compile if args.compile is not None else True
     if args.cudagraphs and device.type != "cuda":
         raise SystemExit(f"--cudagraphs needs a CUDA device, but the device is {device}. Drop --cudagraphs.")
