@@ -218,17 +218,20 @@ PLAY_GOAL_CELLS = {  # "play" data: goals from these few cells only ("diverse": 
     "large": [(1, 1), (1, 6), (3, 5), (3, 10), (5, 2), (7, 4), (7, 6), (7, 9)],
     "ultra": [(1, 1), (1, 14), (3, 9), (5, 3), (5, 13), (8, 5), (8, 11), (10, 4), (10, 14)],
 }
-POINTMAZE_EPISODE_STEPS = {"umaze": 300, "medium": 600, "large": 800, "ultra": 1600}  # gymnasium-robotics; ultra 2x large, as antmaze
+# gymnasium-robotics' PointMaze episode lengths; ultra (not registered there) twice large's, as for the antmaze
+POINTMAZE_EPISODE_STEPS = {"umaze": 300, "medium": 600, "large": 800, "ultra": 1600}
 ANTMAZE_EPISODE_STEPS = {"umaze": 700, "medium": 1000, "large": 1000, "ultra": 2000}  # D4RL episode lengths
 MINARI_ANTMAZE_IDS = {"umaze": "D4RL/antmaze/umaze-v1", "umaze-diverse": "D4RL/antmaze/umaze-diverse-v1",
                       "medium-play": "D4RL/antmaze/medium-play-v1", "medium-diverse": "D4RL/antmaze/medium-diverse-v1",
                       "large-play": "D4RL/antmaze/large-play-v1", "large-diverse": "D4RL/antmaze/large-diverse-v1"}
-TAP_ULTRA_URL = "https://github.com/ZhengyaoJiang/d4rl/releases/download/public/Ant_maze_ultra_noisy_multistart_True_multigoal_{}_sparse.hdf5"
+TAP_ULTRA_URL = ("https://github.com/ZhengyaoJiang/d4rl/releases/download/public/"
+                 "Ant_maze_ultra_noisy_multistart_True_multigoal_{}_sparse.hdf5")
 ROBOTS = {  # gymnasium class name, action dim, obs dim (D4RL layout), obs dim (NeoRL layout, with x)
     "hopper": ("Hopper", 3, 11, 12), "walker2d": ("Walker2d", 6, 17, 18), "halfcheetah": ("HalfCheetah", 6, 17, 18)}
 D4RL_REF_RETURNS = {"hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3),
                     "halfcheetah": (-280.178953, 12135.0)}  # (random, expert), d4rl/gym_mujoco/__init__.py
-NEORL_REF_RETURNS = {"hopper": (5.0, 3294.0), "walker2d": (1.0, 5143.0), "halfcheetah": (-298.0, 12284.0)}  # leq-spec §1
+NEORL_REF_RETURNS = {"hopper": (5.0, 3294.0), "walker2d": (1.0, 5143.0),
+                     "halfcheetah": (-298.0, 12284.0)}  # (min, max), leq-spec §1
 TAU_TABLE_10 = {  # paper Table 10; 0.1 where the paper has no entry
     "antmaze-umaze": 0.1, "antmaze-umaze-diverse": 0.1, "antmaze-medium-play": 0.3, "antmaze-medium-diverse": 0.1,
     "antmaze-large-play": 0.3, "antmaze-large-diverse": 0.3, "antmaze-ultra-play": 0.1, "antmaze-ultra-diverse": 0.1,
@@ -397,11 +400,13 @@ def _read_minari_flat(task: Task, dataset_id: str, download: bool) -> dict:
                 raise SystemExit(
                     f"Minari dataset {dataset_id} is not in {minari_root()} (set MINARI_DATASETS_PATH to look "
                     f"elsewhere). Get it with --download (needs internet and `pip install \"minari[hf]\"`), or "
-                    f"`minari download {dataset_id}`, or copy its data/main_data.hdf5 and metadata.json into {location}/"
+                    f"`minari download {dataset_id}`, or copy its data/main_data.hdf5 and metadata.json into "
+                    f"{location}/"
                     + (". A D4RL-format antmaze .hdf5 file also works: --dataset-path /path/to/file.hdf5 (see the "
                        "README on its evaluation)." if task.family == "antmaze" else "."))
             minari.load_dataset(dataset_id, download=True)
-        stamp = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted((location / "data").iterdir()))
+        files = sorted((location / "data").iterdir())
+        stamp = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
         cache = location / f"leq_flat_{task.family}.npz"
         if cache.is_file():
             with np.load(cache) as cached:
@@ -452,7 +457,7 @@ def load_d4rl_hdf5(task: Task, path: Path) -> OfflineData:
     try:
         with h5py.File(path, "r") as file:
             raw = {}
-            file.visititems(lambda key, item: raw.__setitem__(key, item[()]) if isinstance(item, h5py.Dataset) else None)
+            file.visititems(lambda key, item: raw.update({key: item[()]}) if isinstance(item, h5py.Dataset) else None)
     except OSError as error:
         raise SystemExit(f"{path} is not a readable hdf5 file ({error}).") from None
     missing = [key for key in ("observations", "actions", "rewards", "terminals") if key not in raw]
@@ -464,6 +469,7 @@ def load_d4rl_hdf5(task: Task, path: Path) -> OfflineData:
     for key in ("actions", "rewards", "terminals", "timeouts", "next_observations", "infos/goal"):
         if key in raw and len(raw[key]) != n:
             raise SystemExit(f"{path}: '{key}' has {len(raw[key])} rows but 'observations' has {n}.")
+    _require_one_value_per_row(path, raw, ("rewards", "terminals", "timeouts"), n)
     obs = np.asarray(raw["observations"], dtype=np.float32)
     terminals = np.asarray(raw["terminals"]).reshape(n).astype(bool)
     timeouts = np.asarray(raw["timeouts"]).reshape(n).astype(bool) if "timeouts" in raw else None
@@ -494,9 +500,17 @@ def load_d4rl_hdf5(task: Task, path: Path) -> OfflineData:
               "next_observations": next_obs[keep], "terminals": terminals[keep].astype(np.float32)}
     source = f"hdf5:{path}"
     _check_arrays(task, arrays, source)
-    episode_ends = (boundary | terminals)[keep].astype(np.float32)
+    ends = boundary | terminals
+    ends[:-1] |= ~keep[1:]  # a dropped row's predecessor is now the last of its trajectory
+    episode_ends = ends[keep].astype(np.float32)
     frame = "d4rl" if task.family in ("antmaze", "pointmaze") else None
     return _finish(task, arrays, episode_ends, source, frame, None if frame else _default_eval_gym_id(task))
+
+
+def _require_one_value_per_row(path, raw: dict, keys, n: int) -> None:
+    for key in keys:
+        if key in raw and np.size(raw[key]) != n:
+            raise SystemExit(f"{path}: '{key}' has shape {np.shape(raw[key])}; expected one value per row ({n}).")
 
 
 def _every_k_steps_since_reset(resets: np.ndarray, k: int) -> np.ndarray:
@@ -526,6 +540,7 @@ def load_neorl_npz(task: Task, path: Path) -> OfflineData:
     for key in ("next_obs", "action", "reward", "done"):
         if len(raw[key]) != n:
             raise SystemExit(f"{path}: '{key}' has {len(raw[key])} rows but 'obs' has {n}.")
+    _require_one_value_per_row(path, raw, ("reward", "done"), n)
     arrays = {"observations": raw["obs"].astype(np.float32), "actions": raw["action"].astype(np.float32),
               "rewards": raw["reward"].astype(np.float32).reshape(n),
               "next_observations": raw["next_obs"].astype(np.float32),
@@ -753,7 +768,8 @@ def make_antmaze_eval_env_for_d4rl_data(task: Task, render_mode=None) -> EvalEnv
     offset = d4rl_to_gymnasium_offset(task)
     env = make_maze_env(task, _maze_map(task, start, goal, reverse_rows=True), False, task.max_episode_steps,
                         render_mode)
-    return EvalEnv(env, _flat_maze_obs(task, offset), pinned_goal=np.array(D4RL_ANTMAZE_GOAL_CENTRES[task.maze]) + offset)
+    pinned_goal = np.array(D4RL_ANTMAZE_GOAL_CENTRES[task.maze]) + offset
+    return EvalEnv(env, _flat_maze_obs(task, offset), pinned_goal)
 
 
 def normalized_score(task: Task, episode_return: float, success: bool) -> float:
@@ -782,7 +798,8 @@ def evaluate(task: Task, data: OfflineData, policy, num_episodes: int, seed: int
     for t in range(task.max_episode_steps):
         actions = np.asarray(policy(obs), dtype=np.float32)
         if actions.shape != (num_episodes, task.act_dim):
-            raise ValueError(f"policy returned actions of shape {actions.shape}, expected {(num_episodes, task.act_dim)}")
+            raise ValueError(f"policy returned actions of shape {actions.shape}, "
+                             f"expected {(num_episodes, task.act_dim)}")
         for i in np.nonzero(active)[0]:
             obs[i], reward, done, reached = envs[i].step(np.clip(actions[i], -1.0, 1.0))
             returns[i] += reward
@@ -856,7 +873,8 @@ def _write_minari(dataset_id: str, episodes: list, env, description: str, seed: 
     os.environ["MINARI_DATASETS_PATH"] = str(tmp_root)
     try:
         minari.create_dataset_from_buffers(
-            dataset_id=dataset_id, buffer=episodes, env=env, eval_env=env.spec, algorithm_name=description.split(":")[0],
+            dataset_id=dataset_id, buffer=episodes, env=env, eval_env=env.spec,
+            algorithm_name=description.split(":")[0],
             author="leq-pytorch collect_dataset.py", author_email="n/a", code_permalink="collect_dataset.py",
             description=f"{description} (seed {seed})")
     finally:
@@ -879,7 +897,8 @@ def _episode_buffer(index: int, seed, observations, actions, rewards, terminatio
     as_array = (lambda v: {k: np.asarray(x) for k, x in v.items()}) if isinstance(observations, dict) else np.asarray
     return EpisodeBuffer(id=index, seed=seed, observations=as_array(observations),
                          actions=np.asarray(actions, dtype=np.float32), rewards=np.asarray(rewards, dtype=np.float64),
-                         terminations=np.asarray(terminations, dtype=bool), truncations=np.asarray(truncations, dtype=bool))
+                         terminations=np.asarray(terminations, dtype=bool),
+                         truncations=np.asarray(truncations, dtype=bool))
 
 
 class MazePlanner:
@@ -934,7 +953,7 @@ def collect_pointmaze(task: Task, steps: int, seed: int):
     episode = _new_maze_episode(obs)
     for _ in tqdm(range(steps), desc=f"collecting {task.env_id}", mininterval=1.0):
         point = obs["observation"]
-        goal = env.unwrapped.goal.copy()
+        goal = env.unwrapped.goal.copy()  # the obs of a success step still shows the goal just reached
         action = 10.0 * (planner.waypoint(point[:2], goal) - point[:2]) - point[2:] + rng.normal(0.0, 0.5, 2)
         action = np.clip(action, -1.0, 1.0).astype(np.float32)
         obs, reward, terminated, _, info = env.step(action)

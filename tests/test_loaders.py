@@ -155,6 +155,7 @@ def test_minari_antmaze_is_relabelled_against_the_eval_goal(minari_root):
     path_b = [(4.0, -4.0 + 0.1 * t) for t in range(6)]
     buffers = [ant_episode_buffer(0, path_a), ant_episode_buffer(1, path_b)]
     minari.create_dataset_from_buffers("D4RL/antmaze/umaze-v1", buffers, env="AntMaze_UMaze-v4",
+                                       eval_env="AntMaze_UMaze-v4",
                                        algorithm_name="fixture", author="test", author_email="n/a",
                                        code_permalink="tests", description="fixture")
     task = cd.get_task("antmaze-umaze")
@@ -185,7 +186,8 @@ def test_minari_mujoco_dataset_keeps_its_v5_eval_env(minari_root):
             if terminated:
                 break
         buffers.append(EpisodeBuffer(id=index, **{k: np.asarray(v) for k, v in rows.items()}))
-    minari.create_dataset_from_buffers("mujoco/hopper/medium-v0", buffers, env=env, algorithm_name="fixture",
+    minari.create_dataset_from_buffers("mujoco/hopper/medium-v0", buffers, env=env, eval_env=env,
+                                       algorithm_name="fixture",
                                        author="test", author_email="n/a", code_permalink="tests", description="fixture")
     data = cd.load_dataset(cd.get_task("hopper-medium"), "mujoco/hopper/medium-v0")
     assert data.eval_gym_id == "Hopper-v5" and data.observations.shape[1] == 11
@@ -212,14 +214,16 @@ def test_tasks_without_a_default_dataset_say_how_to_get_one(env_id, expected):
 
 def good_hopper_arrays(n=20):
     return {"observations": np.zeros((n, 11), np.float32), "actions": np.zeros((n, 3), np.float32),
-            "rewards": np.ones(n, np.float32), "terminals": np.zeros(n, bool), "timeouts": np.r_[np.zeros(n - 1), 1]}
+            "rewards": np.arange(n, dtype=np.float32), "terminals": np.zeros(n, bool),
+            "timeouts": np.arange(n) % 10 == 9}  # two 10-step episodes
 
 
 @pytest.mark.parametrize("change, problem", [
     (lambda a: a.pop("rewards"), r"missing the key\(s\) \['rewards'\]"),
     (lambda a: a.update(actions=a["actions"][:-2]), r"'actions' has 18 rows but 'observations' has 20"),
     (lambda a: a["observations"].__setitem__((3, 2), np.nan), r"'observations' has 1 rows with NaN or inf"),
-    (lambda a: a.update(observations=np.zeros((20, 17), np.float32)), r"shape \(19, 17\).*needs \[N, 11\]"),
+    (lambda a: a.update(observations=np.zeros((20, 17), np.float32)), r"shape \(18, 17\).*needs \[N, 11\]"),
+    (lambda a: a.update(rewards=np.zeros((20, 2), np.float32)), r"'rewards' has shape \(20, 2\); expected one value"),
 ])
 def test_bad_hdf5_files_get_errors_naming_file_and_problem(tmp_path, change, problem):
     arrays = good_hopper_arrays()
@@ -258,3 +262,10 @@ def test_download_is_only_tried_when_asked_and_fails_clearly(minari_root):
         pass
     with pytest.raises(SystemExit, match=r"downloading D4RL/antmaze/umaze-v1 failed: .*minari\[hf\]"):
         cd.load_dataset(cd.get_task("antmaze-umaze"), download=True)
+
+
+def test_a_dropped_timeout_row_leaves_its_predecessor_as_the_episode_end(tmp_path):
+    data = cd.load_d4rl_hdf5(cd.get_task("hopper-medium"), write_hdf5(tmp_path / "flat.hdf5", **good_hopper_arrays()))
+    assert len(data) == 18  # constant observations: no discontinuity betrays the boundary, the timeouts must
+    np.testing.assert_array_equal(np.nonzero(data.episode_ends)[0], [8, 17])
+    assert data.reward_scale == pytest.approx(1000.0 / ((10 + 11 + 12 + 13 + 14 + 15 + 16 + 17 + 18) - 36))

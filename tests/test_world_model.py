@@ -434,3 +434,18 @@ def test_offlinerlkit_export_predicts_like_the_model(tmp_path):
     ours_mean, ours_logvar = model(model.normalize(obs, act))
     torch.testing.assert_close(mean, ours_mean, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(logvar, ours_logvar, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cudagraph_training_gives_the_eager_numbers_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    data = linear_gaussian_data(1500)
+    losses = {}
+    for use_cudagraphs in (False, True):
+        torch.manual_seed(0)
+        model = wm.EnsembleDynamics(3, 2, 3, 2, (32, 32), (1e-4,) * 3, device="cuda")
+        result = wm.train_dynamics(model, data["obs"], data["act"], data["reward"], data["next_obs"], max_epochs=3,
+                                   use_compile=use_cudagraphs, use_cudagraphs=use_cudagraphs, progress=False)
+        losses[use_cudagraphs] = [h["train_loss"] for h in result["history"]] + result["holdout_losses"]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
