@@ -39,7 +39,7 @@ class Args:
     """width and height of the video frames in pixels"""
 
 
-# ==== mirror: d4rl_antmaze (identical in d4rl_antmaze.py) ====
+# ==== mirror: d4rl_antmaze (identical in d4rl_antmaze.py, collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py) ====
 import os
 import tempfile
 import xml.etree.ElementTree as ET

@@ -22,6 +22,7 @@ EXPECTED_BLOCKS = {
     "task": {"collect_dataset.py", "train_world_model.py", "fqe_pretrain.py", "leq_state.py"},
     "world_model": {"train_world_model.py", "leq_state.py"},
     "agent": {"fqe_pretrain.py", "leq_state.py"},
+    "d4rl_antmaze": {"d4rl_antmaze.py", "collect_dataset.py", "train_world_model.py", "fqe_pretrain.py", "leq_state.py"},
 }
 
 
