@@ -2367,7 +2367,8 @@ def resume_path(resume: str) -> Path:
 
 
 def default_compile(device: torch.device) -> bool:
-    """Measured with benchmarks/bench_leq.py: compile does not pay on the CPU at these sizes; on CUDA it does."""
+    """Compile by default on CUDA only: on the CPU it costs minutes of compilation for no measured gain at these
+    sizes (speed-anchors.md; benchmarks/bench_leq.py measures it)."""
     return device.type == "cuda"
 
 
