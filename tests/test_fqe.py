@@ -14,14 +14,6 @@ import torch
 import fqe_pretrain as F
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread is faster and steadier on a busy machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def small_stats(obs_dim=3, act_dim=2):
     return F.normalization_stats(np.random.default_rng(0).normal(size=(64, obs_dim)) * 3 + 1,

@@ -13,14 +13,6 @@ import leq_pixel as lp
 import leq_state
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These models are tiny: one thread avoids thread-pool contention on a shared CPU (10-30x faster here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def write_npz_episode(path, length, act_dim=6, seed=0, **overrides):
     rng = np.random.default_rng(seed)

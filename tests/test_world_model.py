@@ -11,14 +11,6 @@ import torch.nn.functional as F
 import train_world_model as wm
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread is much faster, and immune to other processes competing for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def small_model(obs_dim=3, act_dim=2, members=4, elites=3, hidden=(16, 16), seed=0):
     torch.manual_seed(seed)
