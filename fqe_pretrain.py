@@ -1332,7 +1332,7 @@ def collect_locomotion_random(task: Task, steps: int, seed: int):
   make_bc_update(actor, optimizer, data, batch_size) / make_fqe_update(critic, ema_critic, policy, optimizer,
       data, batch_size, gamma, ema_rate, ema_on_next_state=False): one gradient step on a uniform minibatch
       drawn on the device; returns detached metric tensors (no host sync), so it can be compiled.
-  run_updates(update, steps, desc, log_interval, device, use_cudagraphs=False, log_fn=None) -> dict of
+  run_updates(update, steps, desc, log_interval, use_cudagraphs=False, log_fn=None) -> dict of
       floats: runs the (compiled) update with a tqdm progress bar (losses, ETA); metrics are averaged over each
       log interval and read back only at log time.
   policy_value(critic, actor, obs) -> Q(obs, actor(obs)), no grad.
@@ -1509,8 +1509,7 @@ def make_fqe_update(critic, ema_critic, policy, optimizer, data: dict, batch_siz
     return update
 
 
-def run_updates(update, steps: int, desc: str, log_interval: int, device, use_cudagraphs: bool = False,
-                log_fn=None) -> dict:
+def run_updates(update, steps: int, desc: str, log_interval: int, use_cudagraphs: bool = False, log_fn=None) -> dict:
     """Call update() `steps` times behind a progress bar. Metrics are summed on the device and read back
     (averaged) once per log interval; log_fn(step, metrics) receives them, e.g. for wandb."""
     from tqdm import tqdm
@@ -1681,7 +1680,7 @@ def main(args: Args) -> dict:
             continue
         update = compile_step(make_update(), use_compile, args.cudagraphs, device)
         start = time.perf_counter()
-        metrics.update(run_updates(update, steps, name.upper(), args.log_interval, device, args.cudagraphs,
+        metrics.update(run_updates(update, steps, name.upper(), args.log_interval, args.cudagraphs,
                                    log_to(name, offset)))
         timings[f"{name}_seconds"] = time.perf_counter() - start
         print(f"{name.upper()}: {steps} steps in {timings[f'{name}_seconds']:.1f} s "

@@ -40,8 +40,8 @@ class Args:
     """random seed (also selects the cached world model and pretraining)"""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'"""
-    compile: bool | None = None
-    """torch.compile the update step (default: the measured-fastest choice for the device, off on CPU)"""
+    compile: bool = True
+    """torch.compile the update step (measured faster on the CPU too: benchmarks/bench_leq.py; False for eager)"""
     cudagraphs: bool = False
     """capture the update step as CUDA graphs (CUDA only)"""
     track: bool = False
@@ -1779,7 +1779,7 @@ def load_world_model(path, fingerprint: str | None, device):
   make_bc_update(actor, optimizer, data, batch_size) / make_fqe_update(critic, ema_critic, policy, optimizer,
       data, batch_size, gamma, ema_rate, ema_on_next_state=False): one gradient step on a uniform minibatch
       drawn on the device; returns detached metric tensors (no host sync), so it can be compiled.
-  run_updates(update, steps, desc, log_interval, device, use_cudagraphs=False, log_fn=None) -> dict of
+  run_updates(update, steps, desc, log_interval, use_cudagraphs=False, log_fn=None) -> dict of
       floats: runs the (compiled) update with a tqdm progress bar (losses, ETA); metrics are averaged over each
       log interval and read back only at log time.
   policy_value(critic, actor, obs) -> Q(obs, actor(obs)), no grad.
@@ -1956,8 +1956,7 @@ def make_fqe_update(critic, ema_critic, policy, optimizer, data: dict, batch_siz
     return update
 
 
-def run_updates(update, steps: int, desc: str, log_interval: int, device, use_cudagraphs: bool = False,
-                log_fn=None) -> dict:
+def run_updates(update, steps: int, desc: str, log_interval: int, use_cudagraphs: bool = False, log_fn=None) -> dict:
     """Call update() `steps` times behind a progress bar. Metrics are summed on the device and read back
     (averaged) once per log interval; log_fn(step, metrics) receives them, e.g. for wandb."""
     from tqdm import tqdm
@@ -2366,12 +2365,6 @@ def resume_path(resume: str) -> Path:
     return path
 
 
-def default_compile(device: torch.device) -> bool:
-    """Compile by default on CUDA only. On a busy 2-core CPU (benchmarks/bench_leq.py, provisional) compiling
-    took about 2 minutes and gave 3.2 vs 2.4 steps/s with exact routing, 4.1 vs 4.1 with balanced routing."""
-    return device.type == "cuda"
-
-
 def load_or_train_world_model(args, task, data, device):
     """The world model from train_world_model.py's default checkpoint (or --world-model-path), else trained
     here with the same code and cached, so a tau sweep trains it once per dataset and seed."""
@@ -2420,10 +2413,10 @@ def load_or_pretrain_agent(args, data, tensors, device):
     critic = Critic(stats["obs_act_mean"], stats["obs_act_std"]).to(device)
     critic_ema = ema_copy(critic)
     bc = make_bc_update(actor, torch.optim.Adam(actor.parameters(), lr=args.bc_lr), tensors, args.bc_batch_size)
-    run_updates(bc, args.bc_steps, "BC", max(1, args.bc_steps // 20), device)
+    run_updates(bc, args.bc_steps, "BC", max(1, args.bc_steps // 20))
     fqe = make_fqe_update(critic, critic_ema, actor, torch.optim.Adam(critic.parameters(), lr=args.fqe_lr), tensors,
                           args.fqe_batch_size, args.gamma, args.ema_rate)
-    run_updates(fqe, args.fqe_steps, "FQE", max(1, args.fqe_steps // 20), device)
+    run_updates(fqe, args.fqe_steps, "FQE", max(1, args.fqe_steps // 20))
     critic_ema.load_state_dict(critic.state_dict())  # LEQ's critic and its EMA both start from FQE (leq-spec §4)
     save_pretrain_checkpoint(path, actor, critic, critic_ema, data.fingerprint, args)
     print(f"pretraining: saved {path}")
@@ -2447,7 +2440,6 @@ def main(args: Args) -> dict:
         args = Args(**{**checkpoint["args"], **keep})  # the run continues with its own hyperparameters
         print(f"resuming {checkpoint['run_name']} at step {checkpoint['step']}")
     device = resolve_device(args.device)
-    use_compile = default_compile(device) if args.compile is None else args.compile
     seed_everything(args.seed)
 
     task = get_task(args.env_id)
@@ -2487,8 +2479,8 @@ def main(args: Args) -> dict:
     update, step_count = make_leq_update(actor, critic, critic_ema, actor_optimizer, critic_optimizer, tensors,
                                          sample_starts, transition, terminated, args, tau)
     step_count.fill_(start_step)
-    step_fn = compile_step(update, use_compile, args.cudagraphs, device)
-    print(f"LEQ on {args.env_id}: tau {tau}, {args.total_steps} steps, device {device}, compile {use_compile}, "
+    step_fn = compile_step(update, args.compile, args.cudagraphs, device)
+    print(f"LEQ on {args.env_id}: tau {tau}, {args.total_steps} steps, device {device}, compile {args.compile}, "
           f"cudagraphs {args.cudagraphs}, routing {args.routing}, run dir {run_dir}")
 
     def evaluate_policy(policy_actor, episodes: int, step: int) -> dict:

@@ -159,9 +159,9 @@ def test_fqe_converges_to_closed_form_q_on_a_chain():
     ema = F.ema_copy(critic)
     optimizer = torch.optim.Adam(critic.parameters(), lr=3e-3)
     update = F.make_fqe_update(critic, ema, policy, optimizer, tensors, batch_size=256, gamma=gamma, ema_rate=0.02)
-    F.run_updates(update, 1500, "FQE chain", 500, "cpu")
+    F.run_updates(update, 1500, "FQE chain", 500)
     optimizer.param_groups[0]["lr"] = 3e-4
-    final = F.run_updates(update, 500, "FQE chain, annealed", 500, "cpu")
+    final = F.run_updates(update, 500, "FQE chain, annealed", 500)
     grid_a = np.linspace(-0.9, 0.9, 9, dtype=np.float32)
     obs = torch.eye(num_states).repeat_interleave(len(grid_a), 0)
     act = torch.tensor(np.tile(grid_a, num_states))[:, None]
@@ -191,7 +191,7 @@ def test_bc_recovers_a_known_policy():
     actor = F.Actor(stats["obs_mean"], stats["obs_std"], 2, hidden_dim=64, num_layers=2)
     update = F.make_bc_update(actor, torch.optim.Adam(actor.parameters(), lr=3e-3), F.transition_tensors(data, "cpu"),
                               batch_size=256)
-    F.run_updates(update, 1500, "BC", 500, "cpu")
+    F.run_updates(update, 1500, "BC", 500)
     test_obs = (rng.normal(size=(1000, 3)) * scale + shift).astype(np.float32)
     with torch.no_grad():
         mse = ((actor(torch.tensor(test_obs)).numpy() - expert(test_obs)) ** 2).mean()
