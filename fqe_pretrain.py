@@ -38,8 +38,8 @@ class Args:
     """random seed"""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'"""
-    compile: bool | None = None
-    """torch.compile the BC and FQE steps (None: the measured-fastest default: on for CUDA, off on the CPU)"""
+    compile: bool = True
+    """torch.compile the BC and FQE steps (on a quiet 2-core CPU: FQE 7.9 vs 10.6 ms/step, BC equal; False for eager)"""
     cudagraphs: bool = False
     """capture the compiled steps as CUDA graphs (CUDA only)"""
     track: bool = False
@@ -1644,7 +1644,6 @@ def main(args: Args) -> dict:
     device = resolve_device(args.device)
     if args.cudagraphs and device.type != "cuda":  # fail before loading data, not after
         raise SystemExit(f"--cudagraphs needs a CUDA device, but the device is {device}. Drop --cudagraphs.")
-    use_compile = device.type == "cuda" if args.compile is None else args.compile
     seed_everything(args.seed)
     task = get_task(args.env_id)
     data = load_dataset(task, args.dataset_path, args.download)
@@ -1652,7 +1651,7 @@ def main(args: Args) -> dict:
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run = init_tracking(args, run_name)
     print(f"{args.env_id}: {len(data.observations)} transitions from {data.source}; device {device}, "
-          f"compile {use_compile}, cudagraphs {args.cudagraphs}")
+          f"compile {args.compile}, cudagraphs {args.cudagraphs}")
 
     transitions = transition_tensors(data, device)
     stats = normalization_stats(data.observations, data.actions)
@@ -1678,7 +1677,7 @@ def main(args: Args) -> dict:
     for name, steps, make_update in phases:
         if steps == 0:
             continue
-        update = compile_step(make_update(), use_compile, args.cudagraphs, device)
+        update = compile_step(make_update(), args.compile, args.cudagraphs, device)
         start = time.perf_counter()
         metrics.update(run_updates(update, steps, name.upper(), args.log_interval, args.cudagraphs,
                                    log_to(name, offset)))
