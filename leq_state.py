@@ -2414,9 +2414,7 @@ def main(args: Args) -> dict:
         raise SystemExit(f"need 0 <= beta <= 1 and 0 < tau < 1, got beta={args.beta}, tau={args.tau}")
     checkpoint = None
     if args.resume:
-        checkpoint = torch.load(resume_path(args.resume), map_location="cpu", weights_only=False)
-        if checkpoint.get("kind") != "leq":
-            raise SystemExit(f"--resume {args.resume}: not an LEQ checkpoint (kind {checkpoint.get('kind')}).")
+        checkpoint = load_checkpoint(resume_path(args.resume), "leq", None, "cpu")
         keep = {k: getattr(args, k) for k in ("resume", "device", "compile", "cudagraphs", "track")}
         args = Args(**{**checkpoint["args"], **keep})  # the run continues with its own hyperparameters
         print(f"resuming {checkpoint['run_name']} at step {checkpoint['step']}")
@@ -2426,6 +2424,9 @@ def main(args: Args) -> dict:
     task = get_task(args.env_id)
     tau = task.tau if args.tau is None else args.tau
     data = load_dataset(task, args.dataset_path, args.download)
+    if checkpoint and checkpoint["fingerprint"] != data.fingerprint:
+        raise SystemExit(f"--resume {args.resume}: the run was trained on another dataset (fingerprint "
+                         f"{checkpoint['fingerprint']}, now {data.fingerprint}); resume it on its own data.")
     tensors = transition_tensors(data, device)
     world_model = load_or_train_world_model(args, task, data, device)
     actor, critic, critic_ema = load_or_pretrain_agent(args, data, tensors, device)

@@ -98,3 +98,13 @@ def test_cudagraphs_without_cuda_fails_loudly(workdir):
         pytest.skip("this machine has CUDA")
     with pytest.raises(SystemExit, match="--cudagraphs needs a CUDA device"):
         leq_state.main(tiny_args(exp_name="cg", cudagraphs=True))
+
+
+def test_resume_refuses_a_run_trained_on_other_data(workdir):
+    leq_state.main(tiny_args(exp_name="other_data", total_steps=20))
+    checkpoint = run_checkpoint("other_data")
+    checkpoint["fingerprint"] = "another-dataset"
+    os.makedirs("runs/other-data", exist_ok=True)
+    torch.save(checkpoint, "runs/other-data/checkpoint.pt")
+    with pytest.raises(SystemExit, match="trained on another dataset"):
+        leq_state.main(tiny_args(resume="runs/other-data"))
