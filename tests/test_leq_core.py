@@ -71,10 +71,10 @@ def make_toy(horizon, seed=0):
     return actor, critic, ToyModel(horizon, gen), terminated, start
 
 
-def brute_force_action_gradients(actor, critic, model, terminated, start, horizon, gamma, alpha, beta):
-    """g_t = dV_t/da_t by H+1 separate autograd calls on a rollout where a_t = pi(s_t) + delta_t."""
+def perturbed_returns(actor, critic, model, terminated, start, horizon, gamma, alpha, beta):
+    """Returns V_0..V_H of a rollout where a_t = pi(s_t) + delta_t, with the H+1 zero perturbations delta_t."""
     model.reset()
-    deltas = [torch.zeros(BATCH, ACT, dtype=start.dtype, requires_grad=True) for _ in range(horizon + 1)]
+    deltas = torch.zeros(horizon + 1, BATCH, ACT, dtype=start.dtype, requires_grad=True)
     state, qs, rewards, alive = start, [], [], [torch.ones(BATCH, dtype=start.dtype)]
     for t in range(horizon + 1):
         action = actor(state) + deltas[t]
@@ -85,8 +85,14 @@ def brute_force_action_gradients(actor, critic, model, terminated, start, horizo
             rewards.append(reward)
             state = next_state
     values = recursive_returns(torch.stack(qs), torch.stack(rewards), torch.stack(alive), gamma, alpha, beta)
-    grads = [torch.autograd.grad(values[t].sum(), deltas[t], retain_graph=True)[0] for t in range(horizon + 1)]
-    return torch.stack(grads), values.detach(), torch.stack(alive)
+    return values, deltas, torch.stack(alive)
+
+
+def brute_force_action_gradients(actor, critic, model, terminated, start, horizon, gamma, alpha, beta):
+    """g_t = dV_t/da_t by H+1 separate autograd calls, each taking row t of d V_t / d delta."""
+    values, deltas, alive = perturbed_returns(actor, critic, model, terminated, start, horizon, gamma, alpha, beta)
+    grads = [torch.autograd.grad(values[t].sum(), deltas, retain_graph=True)[0][t] for t in range(horizon + 1)]
+    return torch.stack(grads), values.detach(), alive
 
 
 @pytest.mark.parametrize("kind", ["lambda", "multi-step", "q"])
@@ -113,19 +119,8 @@ def test_a_single_backward_of_summed_returns_is_not_the_per_step_gradient():
     actor, critic, model, terminated, start = make_toy(horizon)
     alpha, beta = return_coefficients("lambda", horizon, 0.95)
     per_step, values, _ = brute_force_action_gradients(actor, critic, model, terminated, start, horizon, 0.97, alpha, beta)
-    model.reset()
-    deltas = torch.zeros(horizon + 1, BATCH, ACT, dtype=torch.float64, requires_grad=True)
-    state, qs, rewards, alive = start, [], [], [torch.ones(BATCH, dtype=torch.float64)]
-    for t in range(horizon + 1):
-        action = actor(state) + deltas[t]
-        qs.append(critic(state, action))
-        if t < horizon:
-            state_next, reward = model(state, action)
-            alive.append(alive[-1] * (1 - terminated(state, action, state_next).double()))
-            rewards.append(reward)
-            state = state_next
-    summed = recursive_returns(torch.stack(qs), torch.stack(rewards), torch.stack(alive), 0.97, alpha, beta).sum()
-    (single,) = torch.autograd.grad(summed, deltas)
+    values, deltas, _ = perturbed_returns(actor, critic, model, terminated, start, horizon, 0.97, alpha, beta)
+    (single,) = torch.autograd.grad(values.sum(), deltas)
     assert not torch.allclose(single, per_step)
 
 
