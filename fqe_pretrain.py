@@ -546,7 +546,7 @@ def _build_registry() -> dict:
         for level in ["diverse", "play"]:
             env_id = f"pointmaze-{maze}-{level}"
             tasks[env_id] = Task(env_id, "pointmaze", 4, 2, 0.1, POINTMAZE_EPISODE_STEPS[maze], "point", level, maze,
-                                 0.45, f"{GENERATED_NAMESPACE}/pointmaze/{maze}-{level}-v0", generated=True)
+                                 0.45, f"{GENERATED_NAMESPACE}/pointmaze/{maze}-{level}-v1", generated=True)
     for robot, (name, act_dim, obs_dim, neorl_obs_dim) in ROBOTS.items():
         for level in ["random", "medium", "medium-replay", "medium-expert", "expert"]:
             env_id = f"{robot}-{level}"
@@ -1189,11 +1189,20 @@ class MazePlanner:
                    key=lambda cell: distance.get(cell, np.inf))
         return cell_centre(self.task, step)
 
+    def next_waypoint(self, xy, goal_xy, rng: np.random.Generator) -> np.ndarray:
+        """Minari's waypoint after the one at xy: the next cell centre jittered by -U(0, 0.2) per axis, or the goal."""
+        waypoint = self.waypoint(cell_centre(self.task, self.cell_of(xy)), goal_xy)
+        if self.cell_of(waypoint) == self.cell_of(goal_xy):
+            return np.asarray(goal_xy)
+        return waypoint - rng.uniform(0.0, 0.2, 2)
+
 
 def collect_pointmaze(task: Task, steps: int, seed: int):
-    """PointMaze driven by MazePlanner + PD control (a = 10 (waypoint - xy) - v + N(0, 0.5^2), as Minari's
-    pointmaze data); the env draws a new goal at each success, and an episode ends there (or after
-    max_episode_steps without success, when the env is reset)."""
+    """PointMaze driven as Minari's pointmaze data: PD control a = 10 (waypoint - xy) - v + N(0, 0.5^2) toward
+    each waypoint of a shortest cell path (MazePlanner.next_waypoint), held until the point is within 0.1 of it.
+    Holding each waypoint makes the point overshoot at turns and touch walls, as the reference data does; without
+    that contact data the world model cannot learn that walls stop the point. The env draws a new goal at each
+    success, and an episode ends there (or after max_episode_steps without success, when the env is reset)."""
     from tqdm import tqdm
 
     layout = [list(row) for row in MAZE_LAYOUTS[task.maze]]
@@ -1204,11 +1213,15 @@ def collect_pointmaze(task: Task, steps: int, seed: int):
     planner, rng = MazePlanner(task), np.random.default_rng(seed)
     episodes, reached, timed_out = [], 0, 0
     obs, _ = env.reset(seed=seed)
-    episode = _new_maze_episode(obs)
+    episode, waypoint = _new_maze_episode(obs), None
     for _ in tqdm(range(steps), desc=f"collecting {task.env_id}", mininterval=1.0):
         point = obs["observation"]
         goal = env.unwrapped.goal.copy()  # the obs of a success step still shows the goal just reached
-        action = 10.0 * (planner.waypoint(point[:2], goal) - point[:2]) - point[2:] + rng.normal(0.0, 0.5, 2)
+        if waypoint is None:
+            waypoint = planner.next_waypoint(point[:2], goal, rng)
+        elif np.linalg.norm(waypoint - point[:2]) < 0.1:  # Minari's waypoint threshold
+            waypoint = planner.next_waypoint(waypoint, goal, rng)
+        action = 10.0 * (waypoint - point[:2]) - point[2:] + rng.normal(0.0, 0.5, 2)
         action = np.clip(action, -1.0, 1.0).astype(np.float32)
         obs, reward, terminated, _, info = env.step(action)
         too_long = len(episode["actions"]) + 1 >= task.max_episode_steps and not info["success"]
@@ -1219,7 +1232,7 @@ def collect_pointmaze(task: Task, steps: int, seed: int):
             timed_out += too_long
             if too_long:
                 obs, _ = env.reset()
-            episode = _new_maze_episode(obs)
+            episode, waypoint = _new_maze_episode(obs), None
     if episode["actions"]:
         episode["truncations"][-1] = True
         episodes.append(_episode_buffer(len(episodes), seed, **episode))
