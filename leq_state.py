@@ -1247,8 +1247,8 @@ class MazePlanner:
 def collect_pointmaze(task: Task, steps: int, seed: int):
     """PointMaze driven as Minari's pointmaze data: PD control a = 10 (waypoint - xy) - v + N(0, 0.5^2) toward
     each waypoint of a shortest cell path (MazePlanner.next_waypoint), held until the point is within 0.1 of it.
-    Holding each waypoint makes the point overshoot at turns and touch walls, as the reference data does; without
-    that contact data the world model cannot learn that walls stop the point. The env draws a new goal at each
+    Holding each waypoint makes the point overshoot at turns and touch walls; without that contact data the world
+    model cannot learn that walls stop the point. The env draws a new goal at each
     success, and an episode ends there (or after max_episode_steps without success, when the env is reset)."""
     from tqdm import tqdm
 
