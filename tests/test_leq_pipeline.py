@@ -100,6 +100,21 @@ def test_cudagraphs_without_cuda_fails_loudly(workdir):
         leq_state.main(tiny_args(exp_name="cg", cudagraphs=True))
 
 
+def test_cudagraphs_compile_asks_inductor_to_raise_instead_of_skipping_capture(monkeypatch):
+    """With plain mode="reduce-overhead", inductor logs a warning and runs uncaptured when an op cannot be
+    captured; compile_step's options turn that silent fallback into an error."""
+    seen = {}
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.update(kwargs) or fn)
+    leq_state.compile_step(lambda: None, True, True, torch.device("cuda"))
+    assert seen == {"options": {"triton.cudagraphs": True, "triton.cudagraph_or_error": True}}
+    from torch._inductor import config
+    from torch._inductor.cudagraph_utils import log_cudagraph_skip_and_bump_counter
+
+    with config.patch({"triton.cudagraph_or_error": True}):  # the skip path every capture refusal goes through
+        with pytest.raises(RuntimeError, match="skipping cudagraphs due to a test"):
+            log_cudagraph_skip_and_bump_counter("skipping cudagraphs due to a test")
+
+
 def test_resume_refuses_a_run_trained_on_other_data(workdir):
     leq_state.main(tiny_args(exp_name="other_data", total_steps=20))
     checkpoint = run_checkpoint("other_data")
