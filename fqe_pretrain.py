@@ -147,12 +147,18 @@ def load_checkpoint(path, kind: str, fingerprint: str | None, device) -> dict:
     if not isinstance(checkpoint, dict) or checkpoint.get("kind") != kind:
         found = checkpoint.get("kind") if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise SystemExit(f"{path} is not a {kind} checkpoint (it holds: {found}).")
-    if fingerprint is not None and checkpoint.get("fingerprint") != fingerprint:
+    if fingerprint is not None:
+        refuse_other_dataset(checkpoint, fingerprint, path)
+    return checkpoint
+
+
+def refuse_other_dataset(checkpoint: dict, fingerprint: str, path) -> None:
+    """Refuse, saying what to do, a checkpoint trained on data other than the one with this fingerprint."""
+    if checkpoint.get("fingerprint") != fingerprint:
         raise SystemExit(
             f"{path} was trained on another dataset (fingerprint {checkpoint.get('fingerprint')}, this dataset "
             f"is {fingerprint}). Pass the checkpoint trained on this data, or retrain on it."
         )
-    return checkpoint
 
 
 def init_tracking(args, run_name: str):

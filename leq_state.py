@@ -194,12 +194,18 @@ def load_checkpoint(path, kind: str, fingerprint: str | None, device) -> dict:
     if not isinstance(checkpoint, dict) or checkpoint.get("kind") != kind:
         found = checkpoint.get("kind") if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise SystemExit(f"{path} is not a {kind} checkpoint (it holds: {found}).")
-    if fingerprint is not None and checkpoint.get("fingerprint") != fingerprint:
+    if fingerprint is not None:
+        refuse_other_dataset(checkpoint, fingerprint, path)
+    return checkpoint
+
+
+def refuse_other_dataset(checkpoint: dict, fingerprint: str, path) -> None:
+    """Refuse, saying what to do, a checkpoint trained on data other than the one with this fingerprint."""
+    if checkpoint.get("fingerprint") != fingerprint:
         raise SystemExit(
             f"{path} was trained on another dataset (fingerprint {checkpoint.get('fingerprint')}, this dataset "
             f"is {fingerprint}). Pass the checkpoint trained on this data, or retrain on it."
         )
-    return checkpoint
 
 
 def init_tracking(args, run_name: str):
@@ -2432,7 +2438,7 @@ def main(args: Args) -> dict:
         raise SystemExit(f"need 0 <= beta <= 1 and 0 < tau < 1, got beta={args.beta}, tau={args.tau}")
     checkpoint = None
     if args.resume:
-        checkpoint = load_checkpoint(resume_path(args.resume), "leq", None, "cpu")
+        checkpoint = load_checkpoint(resume_path(args.resume), "leq", None, "cpu")  # its data is known only below
         keep = {k: getattr(args, k) for k in ("resume", "device", "compile", "cudagraphs", "track")}
         args = Args(**{**checkpoint["args"], **keep})  # the run continues with its own hyperparameters
         print(f"resuming {checkpoint['run_name']} at step {checkpoint['step']}")
@@ -2442,9 +2448,8 @@ def main(args: Args) -> dict:
     task = get_task(args.env_id)
     tau = task.tau if args.tau is None else args.tau
     data = load_dataset(task, args.dataset_path, args.download)
-    if checkpoint and checkpoint["fingerprint"] != data.fingerprint:
-        raise SystemExit(f"--resume {args.resume}: the run was trained on another dataset (fingerprint "
-                         f"{checkpoint['fingerprint']}, now {data.fingerprint}); resume it on its own data.")
+    if checkpoint:
+        refuse_other_dataset(checkpoint, data.fingerprint, f"--resume {args.resume}")
     tensors = transition_tensors(data, device)
     world_model = load_or_train_world_model(args, task, data, device)
     actor, critic, critic_ema = load_or_pretrain_agent(args, data, tensors, device)
