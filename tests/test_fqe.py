@@ -14,7 +14,6 @@ import torch
 import fqe_pretrain as F
 
 
-
 def small_stats(obs_dim=3, act_dim=2):
     return F.normalization_stats(np.random.default_rng(0).normal(size=(64, obs_dim)) * 3 + 1,
                                  np.random.default_rng(1).uniform(-1, 1, size=(64, act_dim)))

@@ -13,7 +13,6 @@ import leq_pixel as lp
 import leq_state
 
 
-
 def write_npz_episode(path, length, act_dim=6, seed=0, **overrides):
     rng = np.random.default_rng(seed)
     episode = dict(

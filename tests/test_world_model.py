@@ -11,7 +11,6 @@ import torch.nn.functional as F
 import train_world_model as wm
 
 
-
 def small_model(obs_dim=3, act_dim=2, members=4, elites=3, hidden=(16, 16), seed=0):
     torch.manual_seed(seed)
     model = wm.EnsembleDynamics(obs_dim, act_dim, members, elites, hidden, (1e-4,) * (len(hidden) + 1))
