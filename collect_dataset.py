@@ -39,6 +39,9 @@ class Args:
     """Minari id to write (default: the id the other scripts read for this env id)"""
     force: bool = False
     """replace the dataset if it already exists"""
+    random_action_share: float | None = None
+    """pointmaze: share of the steps collected as uniform-random-action episodes (wall contacts; README Status);
+    None = the default 0.2; 0 restores Minari-style planner-only data, written under the -v1 id"""
 
 
 # ==== mirror: common (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
@@ -459,6 +462,8 @@ PLAY_GOAL_CELLS = {  # "play" data: goals from these few cells only ("diverse": 
     "large": [(1, 1), (1, 6), (3, 5), (3, 10), (5, 2), (7, 4), (7, 6), (7, 9)],
     "ultra": [(1, 1), (1, 14), (3, 9), (5, 3), (5, 13), (8, 5), (8, 11), (10, 4), (10, 14)],
 }
+POINTMAZE_RANDOM_ACTION_SHARE = 0.2  # generated pointmaze data: share of uniform-random-action steps (README)
+RANDOM_EPISODE_STEPS = 500  # length of each random-action episode, from a random reset
 # gymnasium-robotics' PointMaze episode lengths; ultra (not registered there) twice large's, as for the antmaze
 POINTMAZE_EPISODE_STEPS = {"umaze": 300, "medium": 600, "large": 800, "ultra": 1600}
 ANTMAZE_EPISODE_STEPS = {"umaze": 700, "medium": 1000, "large": 1000, "ultra": 2000}  # D4RL episode lengths
@@ -516,7 +521,7 @@ def _build_registry() -> dict:
         for level in ["diverse", "play"]:
             env_id = f"pointmaze-{maze}-{level}"
             tasks[env_id] = Task(env_id, "pointmaze", 4, 2, 0.1, POINTMAZE_EPISODE_STEPS[maze], "point", level, maze,
-                                 0.45, f"{GENERATED_NAMESPACE}/pointmaze/{maze}-{level}-v1", generated=True)
+                                 0.45, f"{GENERATED_NAMESPACE}/pointmaze/{maze}-{level}-v2", generated=True)
     for robot, (name, act_dim, obs_dim, neorl_obs_dim) in ROBOTS.items():
         for level in ["random", "medium", "medium-replay", "medium-expert", "expert"]:
             env_id = f"{robot}-{level}"
@@ -1061,15 +1066,25 @@ def _write_video(frames: list, path: str, fps: int) -> None:
 # ---- datasets this project generates -----------------------------------------------------------------------------
 
 def generate_dataset(task: Task, steps: int = 1_000_000, seed: int = 0, force: bool = False,
-                     dataset_id: str | None = None) -> str:
+                     dataset_id: str | None = None, random_action_share: float = POINTMAZE_RANDOM_ACTION_SHARE) -> str:
     """Collect `steps` transitions in the real environment and store them as a Minari dataset; returns its id.
 
-    pointmaze-*: cell planner + PD controller with action noise (D4RL/Minari style), a new goal at each success;
+    pointmaze-*: cell planner + PD controller with action noise (D4RL/Minari style), a new goal at each success,
+    then `random_action_share` of the steps as uniform-random-action episodes from random resets (the wall contacts
+    the world model needs; 0 gives Minari-style data, stored under the -v1 id);
     {hopper,walker2d,halfcheetah}-random: uniform random actions in the gymnasium v4 env (D4RL's layout);
     antmaze-*: uniform random actions in gymnasium-robotics' AntMaze (for tests only: no ant controller here)."""
     if task.family == "pointmaze" or (task.family == "locomotion" and task.level == "random"):
         dataset_id = dataset_id or task.default_dataset
-        collect = collect_pointmaze if task.family == "pointmaze" else collect_locomotion_random
+        collect = collect_locomotion_random
+        if task.family == "pointmaze":
+            if random_action_share != POINTMAZE_RANDOM_ACTION_SHARE and dataset_id == task.default_dataset:
+                if random_action_share != 0.0:
+                    raise SystemExit(f"--random-action-share {random_action_share} is neither the default "
+                                     f"({POINTMAZE_RANDOM_ACTION_SHARE}) nor 0 (Minari-style): name the dataset with "
+                                     f"--dataset-id.")
+                dataset_id = dataset_id.removesuffix("-v2") + "-v1"
+            collect = lambda task, steps, seed: collect_pointmaze(task, steps, seed, random_action_share)
     elif task.family == "antmaze":
         dataset_id = dataset_id or f"{GENERATED_NAMESPACE}/antmaze/{task.maze}-random-v0"
         collect = collect_antmaze_random
@@ -1167,12 +1182,14 @@ class MazePlanner:
         return waypoint - rng.uniform(0.0, 0.2, 2)
 
 
-def collect_pointmaze(task: Task, steps: int, seed: int):
+def collect_pointmaze(task: Task, steps: int, seed: int, random_action_share: float = 0.0):
     """PointMaze driven as Minari's pointmaze data: PD control a = 10 (waypoint - xy) - v + N(0, 0.5^2) toward
     each waypoint of a shortest cell path (MazePlanner.next_waypoint), held until the point is within 0.1 of it.
     Holding each waypoint makes the point overshoot at turns and touch walls; without that contact data the world
     model cannot learn that walls stop the point. The env draws a new goal at each
-    success, and an episode ends there (or after max_episode_steps without success, when the env is reset)."""
+    success, and an episode ends there (or after max_episode_steps without success, when the env is reset).
+    The last `random_action_share` of the steps are uniform-random-action episodes of RANDOM_EPISODE_STEPS steps,
+    each from a random reset: they press into walls and corners that the planner's paths never touch."""
     from tqdm import tqdm
 
     layout = [list(row) for row in MAZE_LAYOUTS[task.maze]]
@@ -1184,7 +1201,8 @@ def collect_pointmaze(task: Task, steps: int, seed: int):
     episodes, reached, timed_out = [], 0, 0
     obs, _ = env.reset(seed=seed)
     episode, waypoint = _new_maze_episode(obs), None
-    for _ in tqdm(range(steps), desc=f"collecting {task.env_id}", mininterval=1.0):
+    planner_steps = steps - round(random_action_share * steps)
+    for _ in tqdm(range(planner_steps), desc=f"collecting {task.env_id}", mininterval=1.0):
         point = obs["observation"]
         goal = env.unwrapped.goal.copy()  # the obs of a success step still shows the goal just reached
         if waypoint is None:
@@ -1207,9 +1225,28 @@ def collect_pointmaze(task: Task, steps: int, seed: int):
         episode["truncations"][-1] = True
         episodes.append(_episode_buffer(len(episodes), seed, **episode))
     rate = reached / max(reached + timed_out, 1)
-    summary = (f"planner+PD: {steps} steps, {len(episodes)} episodes; the controller reached its goal in "
+    summary = (f"planner+PD: {planner_steps} steps, {len(episodes)} episodes; the controller reached its goal in "
                f"{reached} of {reached + timed_out} finished episodes ({100 * rate:.1f}%)")
+    if planner_steps < steps:
+        random_episodes = random_maze_episodes(env, steps - planner_steps, rng, seed, first_index=len(episodes))
+        episodes += random_episodes
+        summary += f"; then uniform random actions: {steps - planner_steps} steps, {len(random_episodes)} episodes"
     return episodes, env, summary
+
+
+def random_maze_episodes(env, steps: int, rng: np.random.Generator, seed: int, first_index: int) -> list:
+    """Episodes of uniform random actions, each RANDOM_EPISODE_STEPS long (the last one shorter) from a new reset."""
+    episodes = []
+    for begin in range(0, steps, RANDOM_EPISODE_STEPS):
+        obs, _ = env.reset()
+        episode = _new_maze_episode(obs)
+        length = min(RANDOM_EPISODE_STEPS, steps - begin)
+        for t in range(length):
+            action = rng.uniform(-1.0, 1.0, 2).astype(np.float32)
+            obs, reward, terminated, _, _ = env.step(action)
+            _append_maze_step(episode, obs, action, reward, terminated, t == length - 1)
+        episodes.append(_episode_buffer(first_index + len(episodes), seed, **episode))
+    return episodes
 
 
 def _new_maze_episode(obs) -> dict:
@@ -1287,7 +1324,10 @@ def main(args: Args) -> None:
     task = get_task(args.env_id)
     seed_everything(args.seed)
     start = time.perf_counter()
-    dataset_id = generate_dataset(task, args.steps, args.seed, args.force, args.dataset_id)
+    share = POINTMAZE_RANDOM_ACTION_SHARE if args.random_action_share is None else args.random_action_share
+    if not 0.0 <= share < 1.0:
+        raise SystemExit(f"--random-action-share must be in [0, 1), got {share}.")
+    dataset_id = generate_dataset(task, args.steps, args.seed, args.force, args.dataset_id, share)
     elapsed = time.perf_counter() - start
     print(f"wrote {minari_root() / dataset_id} in {elapsed:.1f} s ({1e6 * elapsed / args.steps:.0f} us/step)")
     data = load_dataset(task, dataset_id)

@@ -71,8 +71,6 @@ class Args:
     """FQE Adam learning rate"""
     ema_rate: float = 0.005
     """rate of the critic's EMA copy Q_bar (decay 0.995)"""
-    fqe_ema_on_next_state: bool = False
-    """regularise Q(s,a) toward Q_bar(s', pi(s')) as the authors' FQE code does, instead of Q_bar(s,a) (leq-spec)"""
     eval_episodes: int = 100
     """episodes of the final sanity check in the environment (0: skip it)"""
     log_interval: int = 1000
@@ -500,6 +498,8 @@ PLAY_GOAL_CELLS = {  # "play" data: goals from these few cells only ("diverse": 
     "large": [(1, 1), (1, 6), (3, 5), (3, 10), (5, 2), (7, 4), (7, 6), (7, 9)],
     "ultra": [(1, 1), (1, 14), (3, 9), (5, 3), (5, 13), (8, 5), (8, 11), (10, 4), (10, 14)],
 }
+POINTMAZE_RANDOM_ACTION_SHARE = 0.2  # generated pointmaze data: share of uniform-random-action steps (README)
+RANDOM_EPISODE_STEPS = 500  # length of each random-action episode, from a random reset
 # gymnasium-robotics' PointMaze episode lengths; ultra (not registered there) twice large's, as for the antmaze
 POINTMAZE_EPISODE_STEPS = {"umaze": 300, "medium": 600, "large": 800, "ultra": 1600}
 ANTMAZE_EPISODE_STEPS = {"umaze": 700, "medium": 1000, "large": 1000, "ultra": 2000}  # D4RL episode lengths
@@ -557,7 +557,7 @@ def _build_registry() -> dict:
         for level in ["diverse", "play"]:
             env_id = f"pointmaze-{maze}-{level}"
             tasks[env_id] = Task(env_id, "pointmaze", 4, 2, 0.1, POINTMAZE_EPISODE_STEPS[maze], "point", level, maze,
-                                 0.45, f"{GENERATED_NAMESPACE}/pointmaze/{maze}-{level}-v1", generated=True)
+                                 0.45, f"{GENERATED_NAMESPACE}/pointmaze/{maze}-{level}-v2", generated=True)
     for robot, (name, act_dim, obs_dim, neorl_obs_dim) in ROBOTS.items():
         for level in ["random", "medium", "medium-replay", "medium-expert", "expert"]:
             env_id = f"{robot}-{level}"
@@ -1102,15 +1102,25 @@ def _write_video(frames: list, path: str, fps: int) -> None:
 # ---- datasets this project generates -----------------------------------------------------------------------------
 
 def generate_dataset(task: Task, steps: int = 1_000_000, seed: int = 0, force: bool = False,
-                     dataset_id: str | None = None) -> str:
+                     dataset_id: str | None = None, random_action_share: float = POINTMAZE_RANDOM_ACTION_SHARE) -> str:
     """Collect `steps` transitions in the real environment and store them as a Minari dataset; returns its id.
 
-    pointmaze-*: cell planner + PD controller with action noise (D4RL/Minari style), a new goal at each success;
+    pointmaze-*: cell planner + PD controller with action noise (D4RL/Minari style), a new goal at each success,
+    then `random_action_share` of the steps as uniform-random-action episodes from random resets (the wall contacts
+    the world model needs; 0 gives Minari-style data, stored under the -v1 id);
     {hopper,walker2d,halfcheetah}-random: uniform random actions in the gymnasium v4 env (D4RL's layout);
     antmaze-*: uniform random actions in gymnasium-robotics' AntMaze (for tests only: no ant controller here)."""
     if task.family == "pointmaze" or (task.family == "locomotion" and task.level == "random"):
         dataset_id = dataset_id or task.default_dataset
-        collect = collect_pointmaze if task.family == "pointmaze" else collect_locomotion_random
+        collect = collect_locomotion_random
+        if task.family == "pointmaze":
+            if random_action_share != POINTMAZE_RANDOM_ACTION_SHARE and dataset_id == task.default_dataset:
+                if random_action_share != 0.0:
+                    raise SystemExit(f"--random-action-share {random_action_share} is neither the default "
+                                     f"({POINTMAZE_RANDOM_ACTION_SHARE}) nor 0 (Minari-style): name the dataset with "
+                                     f"--dataset-id.")
+                dataset_id = dataset_id.removesuffix("-v2") + "-v1"
+            collect = lambda task, steps, seed: collect_pointmaze(task, steps, seed, random_action_share)
     elif task.family == "antmaze":
         dataset_id = dataset_id or f"{GENERATED_NAMESPACE}/antmaze/{task.maze}-random-v0"
         collect = collect_antmaze_random
@@ -1208,12 +1218,14 @@ class MazePlanner:
         return waypoint - rng.uniform(0.0, 0.2, 2)
 
 
-def collect_pointmaze(task: Task, steps: int, seed: int):
+def collect_pointmaze(task: Task, steps: int, seed: int, random_action_share: float = 0.0):
     """PointMaze driven as Minari's pointmaze data: PD control a = 10 (waypoint - xy) - v + N(0, 0.5^2) toward
     each waypoint of a shortest cell path (MazePlanner.next_waypoint), held until the point is within 0.1 of it.
     Holding each waypoint makes the point overshoot at turns and touch walls; without that contact data the world
     model cannot learn that walls stop the point. The env draws a new goal at each
-    success, and an episode ends there (or after max_episode_steps without success, when the env is reset)."""
+    success, and an episode ends there (or after max_episode_steps without success, when the env is reset).
+    The last `random_action_share` of the steps are uniform-random-action episodes of RANDOM_EPISODE_STEPS steps,
+    each from a random reset: they press into walls and corners that the planner's paths never touch."""
     from tqdm import tqdm
 
     layout = [list(row) for row in MAZE_LAYOUTS[task.maze]]
@@ -1225,7 +1237,8 @@ def collect_pointmaze(task: Task, steps: int, seed: int):
     episodes, reached, timed_out = [], 0, 0
     obs, _ = env.reset(seed=seed)
     episode, waypoint = _new_maze_episode(obs), None
-    for _ in tqdm(range(steps), desc=f"collecting {task.env_id}", mininterval=1.0):
+    planner_steps = steps - round(random_action_share * steps)
+    for _ in tqdm(range(planner_steps), desc=f"collecting {task.env_id}", mininterval=1.0):
         point = obs["observation"]
         goal = env.unwrapped.goal.copy()  # the obs of a success step still shows the goal just reached
         if waypoint is None:
@@ -1248,9 +1261,28 @@ def collect_pointmaze(task: Task, steps: int, seed: int):
         episode["truncations"][-1] = True
         episodes.append(_episode_buffer(len(episodes), seed, **episode))
     rate = reached / max(reached + timed_out, 1)
-    summary = (f"planner+PD: {steps} steps, {len(episodes)} episodes; the controller reached its goal in "
+    summary = (f"planner+PD: {planner_steps} steps, {len(episodes)} episodes; the controller reached its goal in "
                f"{reached} of {reached + timed_out} finished episodes ({100 * rate:.1f}%)")
+    if planner_steps < steps:
+        random_episodes = random_maze_episodes(env, steps - planner_steps, rng, seed, first_index=len(episodes))
+        episodes += random_episodes
+        summary += f"; then uniform random actions: {steps - planner_steps} steps, {len(random_episodes)} episodes"
     return episodes, env, summary
+
+
+def random_maze_episodes(env, steps: int, rng: np.random.Generator, seed: int, first_index: int) -> list:
+    """Episodes of uniform random actions, each RANDOM_EPISODE_STEPS long (the last one shorter) from a new reset."""
+    episodes = []
+    for begin in range(0, steps, RANDOM_EPISODE_STEPS):
+        obs, _ = env.reset()
+        episode = _new_maze_episode(obs)
+        length = min(RANDOM_EPISODE_STEPS, steps - begin)
+        for t in range(length):
+            action = rng.uniform(-1.0, 1.0, 2).astype(np.float32)
+            obs, reward, terminated, _, _ = env.step(action)
+            _append_maze_step(episode, obs, action, reward, terminated, t == length - 1)
+        episodes.append(_episode_buffer(first_index + len(episodes), seed, **episode))
+    return episodes
 
 
 def _new_maze_episode(obs) -> dict:
@@ -1333,9 +1365,9 @@ def collect_locomotion_random(task: Task, steps: int, seed: int):
   ema_copy(critic) -> frozen copy;  ema_update_(ema_critic, critic, rate): ema <- (1 - rate) ema + rate critic.
   transition_tensors(data, device) -> dict obs, act, reward (training reward rewards * reward_scale +
       reward_shift), mask (1 - terminal), next_obs: float32 tensors on the device.
-  bc_loss(actor, obs, act);  fqe_loss(critic, ema_critic, policy, batch, gamma, ema_on_next_state=False)
+  bc_loss(actor, obs, act);  fqe_loss(critic, ema_critic, policy, batch, gamma)
   make_bc_update(actor, optimizer, data, batch_size) / make_fqe_update(critic, ema_critic, policy, optimizer,
-      data, batch_size, gamma, ema_rate, ema_on_next_state=False): one gradient step on a uniform minibatch
+      data, batch_size, gamma, ema_rate): one gradient step on a uniform minibatch
       drawn on the device; returns detached metric tensors (no host sync), so it can be compiled.
   run_updates(update, steps, desc, log_interval, use_cudagraphs=False, log_fn=None) -> dict of
       floats: runs the (compiled) update with a tqdm progress bar (losses, ETA); metrics are averaged over each
@@ -1465,16 +1497,15 @@ def bc_loss(actor: Actor, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
     return (actor(obs) - act).pow(2).mean()
 
 
-def fqe_loss(critic, ema_critic, policy, batch: dict, gamma: float, ema_on_next_state: bool = False):
-    """FQE with the EMA regulariser (leq-spec §4, paper Algorithm 2 with gamma):
-    mean (Q(s,a) - y)^2 + mean (Q(s,a) - Q_bar(s,a))^2, y = r + gamma * mask * sg Q(s', pi(s')).
-    ema_on_next_state regularises toward Q_bar(s', pi(s')) instead, as the authors' FQE code does.
-    Returns (loss, td_loss, ema_loss, q)."""
+def fqe_loss(critic, ema_critic, policy, batch: dict, gamma: float):
+    """FQE with the EMA regulariser (leq-spec §4, paper Algorithm 2 with gamma), as the authors' LEQ code
+    (update_q_fqe) computes it: mean (Q(s,a) - y)^2 + mean (Q(s,a) - Q_bar(s,a))^2, y = r + gamma * mask *
+    sg Q(s', pi(s')). Returns (loss, td_loss, ema_loss, q)."""
     obs, act = batch["obs"], batch["act"]
     with torch.no_grad():
         next_act = policy(batch["next_obs"])
         target = batch["reward"] + gamma * batch["mask"] * critic(batch["next_obs"], next_act)
-        ema_q = ema_critic(batch["next_obs"], next_act) if ema_on_next_state else ema_critic(obs, act)
+        ema_q = ema_critic(obs, act)
     q = critic(obs, act)
     td_loss = (q - target).pow(2).mean()
     ema_loss = (q - ema_q).pow(2).mean()
@@ -1500,10 +1531,10 @@ def make_bc_update(actor: Actor, optimizer, data: dict, batch_size: int):
 
 
 def make_fqe_update(critic, ema_critic, policy, optimizer, data: dict, batch_size: int, gamma: float,
-                    ema_rate: float, ema_on_next_state: bool = False):
+                    ema_rate: float):
     def update() -> dict:
         batch = _sample(data, batch_size, ("obs", "act", "reward", "mask", "next_obs"))
-        loss, td_loss, ema_loss, q = fqe_loss(critic, ema_critic, policy, batch, gamma, ema_on_next_state)
+        loss, td_loss, ema_loss, q = fqe_loss(critic, ema_critic, policy, batch, gamma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -1676,7 +1707,7 @@ def main(args: Args) -> dict:
             actor, torch.optim.Adam(actor.parameters(), lr=args.bc_lr), transitions, args.bc_batch_size)),
         ("fqe", args.fqe_steps, lambda: make_fqe_update(
             critic, ema_critic, actor, torch.optim.Adam(critic.parameters(), lr=args.fqe_lr), transitions,
-            args.fqe_batch_size, args.gamma, args.ema_rate, args.fqe_ema_on_next_state)),
+            args.fqe_batch_size, args.gamma, args.ema_rate)),
     )
     offset = 0
     for name, steps, make_update in phases:

@@ -235,8 +235,9 @@ def lambda_returns(q: torch.Tensor, rewards: torch.Tensor, alive: torch.Tensor, 
 
 
 def expectile_weight(target: torch.Tensor, prediction: torch.Tensor, tau: float) -> torch.Tensor:
-    """|tau - 1(prediction > target)| (Eq. 1): tau where the target is above the prediction, else 1 - tau."""
-    return torch.where(target > prediction, tau, 1.0 - tau)
+    """|tau - 1(prediction > target)| (Eq. 1): tau where the target is above the prediction, else 1 - tau,
+    in the prediction's dtype (Python-scalar branches would give float32 even in a float64 computation)."""
+    return torch.where(target > prediction, torch.full_like(prediction, tau), torch.full_like(prediction, 1.0 - tau))
 
 
 def expectile_loss(target: torch.Tensor, prediction: torch.Tensor, tau: float) -> torch.Tensor:

@@ -73,3 +73,14 @@ def test_expectile_loss_minimiser_is_the_lower_expectile():
     above, below = samples[samples > e], samples[samples < e]
     assert abs(tau * (above - e).sum().item() - (1 - tau) * (e - below).sum().item()) < 1e-3
     assert e < samples.mean().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_expectile_weight_follows_the_input_dtype_exactly(dtype):
+    target = torch.tensor([1.0, -1.0, 0.0], dtype=dtype)
+    prediction = torch.zeros(3, dtype=dtype)
+    weight = expectile_weight(target, prediction, 0.1)
+    assert weight.dtype == dtype
+    # in float64 the weights are exactly 0.1 and 0.9, not float32's 0.10000000149...
+    torch.testing.assert_close(weight, torch.tensor([0.1, 0.9, 0.9], dtype=dtype), rtol=0, atol=0)
+    assert expectile_loss(target, prediction, 0.1).dtype == dtype
