@@ -1357,7 +1357,7 @@ def collect_locomotion_random(task: Task, steps: int, seed: int):
   normalization_stats(observations, actions) -> dict of float32 tensors obs_mean, obs_std, obs_act_mean,
       obs_act_std: the dataset statistics both networks standardise with (std < 1e-12 -> 1).
   symlog(x) = sign(x) log(1 + |x|);  InputNormalizer(mean, std)(x) = symlog((x - mean) / std).
-  Actor(obs_mean, obs_std, act_dim, hidden_dim=256, num_layers=3)
+  Actor(obs_mean, obs_std, act_dim, hidden_dim=256, num_layers=3, trainable_scaler=False)
       actor(obs [..., obs]) -> tanh(mu(obs)) [..., act] (deterministic); actor.mu(obs): pre-tanh mean;
       actor.explore(obs) -> tanh(mu + exp(log_std) * eps), eps ~ N(0, 1); actor.log_std: [act], starts at 0.
   Critic(obs_act_mean, obs_act_std, hidden_dim=256, num_layers=3)
@@ -1404,12 +1404,17 @@ def symlog(x: torch.Tensor) -> torch.Tensor:
 
 
 class InputNormalizer(nn.Module):
-    """Standardise with fixed dataset statistics, then symlog (leq-spec §1)."""
+    """Standardise with dataset statistics, then symlog (leq-spec §1). trainable=True makes mean and std
+    parameters that the owner's optimiser updates, as the authors' actor does (their policy.py)."""
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, trainable: bool = False):
         super().__init__()
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).clone())
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).clone())
+        for name, value in (("mean", mean), ("std", std)):
+            value = torch.as_tensor(value, dtype=torch.float32).clone()
+            if trainable:
+                self.register_parameter(name, nn.Parameter(value))
+            else:
+                self.register_buffer(name, value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return symlog((x - self.mean) / self.std)
@@ -1433,9 +1438,10 @@ def _mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int, layer_norm
 class Actor(nn.Module):
     """Deterministic a = tanh(mu(s)), 3 x 256 ReLU; log_std is state-independent exploration noise (leq-spec §2)."""
 
-    def __init__(self, obs_mean, obs_std, act_dim: int, hidden_dim: int = 256, num_layers: int = 3):
+    def __init__(self, obs_mean, obs_std, act_dim: int, hidden_dim: int = 256, num_layers: int = 3,
+                 trainable_scaler: bool = False):
         super().__init__()
-        self.normalizer = InputNormalizer(obs_mean, obs_std)
+        self.normalizer = InputNormalizer(obs_mean, obs_std, trainable_scaler)
         self.net = _mlp(self.normalizer.mean.numel(), hidden_dim, num_layers, act_dim, layer_norm=False)
         self.log_std = nn.Parameter(torch.zeros(act_dim))
 
@@ -1578,7 +1584,8 @@ def pretrain_checkpoint_path(env_id: str, seed: int, fingerprint: str) -> Path:
 
 def _network_sizes(actor: Actor) -> dict:
     linears = [m for m in actor.net if isinstance(m, nn.Linear)]
-    return {"act_dim": linears[-1].out_features, "hidden_dim": linears[0].out_features, "num_layers": len(linears) - 1}
+    return {"act_dim": linears[-1].out_features, "hidden_dim": linears[0].out_features, "num_layers": len(linears) - 1,
+            "trainable_scaler": isinstance(actor.normalizer.mean, nn.Parameter)}
 
 
 def save_pretrain_checkpoint(path, actor: Actor, critic: Critic, ema_critic: Critic, fingerprint: str, args,
@@ -1609,7 +1616,8 @@ def load_pretrain_checkpoint(path, fingerprint: str | None, device):
     checkpoint = load_checkpoint(path, "pretrain", fingerprint, device)
     sizes, stats = checkpoint["network"], checkpoint["normalization"]
     hidden = {"hidden_dim": sizes["hidden_dim"], "num_layers": sizes["num_layers"]}
-    actor = Actor(stats["obs_mean"], stats["obs_std"], sizes["act_dim"], **hidden).to(device)
+    actor = Actor(stats["obs_mean"], stats["obs_std"], sizes["act_dim"], **hidden,
+                  trainable_scaler=sizes.get("trainable_scaler", False)).to(device)
     critic = Critic(stats["obs_act_mean"], stats["obs_act_std"], **hidden).to(device)
     ema_critic = ema_copy(critic)
     actor.load_state_dict(checkpoint["actor"])

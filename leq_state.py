@@ -28,6 +28,9 @@ from tqdm import tqdm
 
 @dataclass
 class Args:
+    preset: Literal["none", "cpu-check"] = "none"
+    """a named budget whose values replace the defaults below (explicit flags still win). cpu-check: the learning
+    check of README Status on generated pointmaze-medium-diverse data, about 30 minutes on a 2-core CPU"""
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run name)"""
     env_id: str = "pointmaze-medium-diverse"
@@ -93,6 +96,9 @@ class Args:
     """BC + FQE pretraining; --no-pretrain starts from random networks (ablation)"""
     goal_radius: float | None = None
     """AntMaze goal radius of the termination function (None = the task's default, 0.5)"""
+    actor_scaler: Literal["fixed", "trainable"] = "fixed"
+    """the actor's input mean/std: fixed dataset statistics, or parameters trained by BC and LEQ as in the
+    authors' code (README Status: no measurable effect at the CPU budget)"""
     routing: Literal["exact", "balanced"] = "exact"
     """world-model elite choice: exact iid per sample (OfflineRL-Kit), or balanced shares (faster)"""
 
@@ -127,6 +133,18 @@ class Args:
     """steps between checkpoints (runs/<run_name>/checkpoint.pt, written atomically)"""
     resume: str | None = None
     """continue the run in this directory (or checkpoint file) with its own hyperparameters"""
+
+
+# Named budgets for --preset. They change budgets only (data, pretraining, batch sizes, steps, evaluation), never the
+# LEQ update; README Status has the measurements behind each value.
+PRESETS = {
+    "cpu-check": dict(
+        env_id="pointmaze-medium-diverse", total_steps=2000, batch_size=64, model_batch_size=64,
+        expansion_interval=500, expansion_size=5000, world_model_max_epochs=3,
+        bc_steps=3000, bc_batch_size=512, bc_lr=1e-3, fqe_steps=50_000,
+        eval_interval=1000, eval_episodes=20, final_eval_episodes=50, log_interval=500, checkpoint_interval=1000,
+    ),
+}
 
 
 # ==== mirror: common (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
@@ -1806,7 +1824,7 @@ def load_world_model(path, fingerprint: str | None, device):
   normalization_stats(observations, actions) -> dict of float32 tensors obs_mean, obs_std, obs_act_mean,
       obs_act_std: the dataset statistics both networks standardise with (std < 1e-12 -> 1).
   symlog(x) = sign(x) log(1 + |x|);  InputNormalizer(mean, std)(x) = symlog((x - mean) / std).
-  Actor(obs_mean, obs_std, act_dim, hidden_dim=256, num_layers=3)
+  Actor(obs_mean, obs_std, act_dim, hidden_dim=256, num_layers=3, trainable_scaler=False)
       actor(obs [..., obs]) -> tanh(mu(obs)) [..., act] (deterministic); actor.mu(obs): pre-tanh mean;
       actor.explore(obs) -> tanh(mu + exp(log_std) * eps), eps ~ N(0, 1); actor.log_std: [act], starts at 0.
   Critic(obs_act_mean, obs_act_std, hidden_dim=256, num_layers=3)
@@ -1853,12 +1871,17 @@ def symlog(x: torch.Tensor) -> torch.Tensor:
 
 
 class InputNormalizer(nn.Module):
-    """Standardise with fixed dataset statistics, then symlog (leq-spec §1)."""
+    """Standardise with dataset statistics, then symlog (leq-spec §1). trainable=True makes mean and std
+    parameters that the owner's optimiser updates, as the authors' actor does (their policy.py)."""
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, trainable: bool = False):
         super().__init__()
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).clone())
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).clone())
+        for name, value in (("mean", mean), ("std", std)):
+            value = torch.as_tensor(value, dtype=torch.float32).clone()
+            if trainable:
+                self.register_parameter(name, nn.Parameter(value))
+            else:
+                self.register_buffer(name, value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return symlog((x - self.mean) / self.std)
@@ -1882,9 +1905,10 @@ def _mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int, layer_norm
 class Actor(nn.Module):
     """Deterministic a = tanh(mu(s)), 3 x 256 ReLU; log_std is state-independent exploration noise (leq-spec §2)."""
 
-    def __init__(self, obs_mean, obs_std, act_dim: int, hidden_dim: int = 256, num_layers: int = 3):
+    def __init__(self, obs_mean, obs_std, act_dim: int, hidden_dim: int = 256, num_layers: int = 3,
+                 trainable_scaler: bool = False):
         super().__init__()
-        self.normalizer = InputNormalizer(obs_mean, obs_std)
+        self.normalizer = InputNormalizer(obs_mean, obs_std, trainable_scaler)
         self.net = _mlp(self.normalizer.mean.numel(), hidden_dim, num_layers, act_dim, layer_norm=False)
         self.log_std = nn.Parameter(torch.zeros(act_dim))
 
@@ -2027,7 +2051,8 @@ def pretrain_checkpoint_path(env_id: str, seed: int, fingerprint: str) -> Path:
 
 def _network_sizes(actor: Actor) -> dict:
     linears = [m for m in actor.net if isinstance(m, nn.Linear)]
-    return {"act_dim": linears[-1].out_features, "hidden_dim": linears[0].out_features, "num_layers": len(linears) - 1}
+    return {"act_dim": linears[-1].out_features, "hidden_dim": linears[0].out_features, "num_layers": len(linears) - 1,
+            "trainable_scaler": isinstance(actor.normalizer.mean, nn.Parameter)}
 
 
 def save_pretrain_checkpoint(path, actor: Actor, critic: Critic, ema_critic: Critic, fingerprint: str, args,
@@ -2058,7 +2083,8 @@ def load_pretrain_checkpoint(path, fingerprint: str | None, device):
     checkpoint = load_checkpoint(path, "pretrain", fingerprint, device)
     sizes, stats = checkpoint["network"], checkpoint["normalization"]
     hidden = {"hidden_dim": sizes["hidden_dim"], "num_layers": sizes["num_layers"]}
-    actor = Actor(stats["obs_mean"], stats["obs_std"], sizes["act_dim"], **hidden).to(device)
+    actor = Actor(stats["obs_mean"], stats["obs_std"], sizes["act_dim"], **hidden,
+                  trainable_scaler=sizes.get("trainable_scaler", False)).to(device)
     critic = Critic(stats["obs_act_mean"], stats["obs_act_std"], **hidden).to(device)
     ema_critic = ema_copy(critic)
     actor.load_state_dict(checkpoint["actor"])
@@ -2428,19 +2454,35 @@ def load_or_train_world_model(args, task, data, device):
     return model.requires_grad_(False)
 
 
+PRETRAIN_SETTINGS = ("bc_steps", "bc_batch_size", "bc_lr", "fqe_steps", "fqe_batch_size", "fqe_lr", "actor_scaler")
+
+
+def pretrain_variant(args) -> str:
+    """The pretraining settings that differ from the paper's (Args' defaults) as a cache-name suffix, '' if none,
+    so a cached BC+FQE checkpoint is reused only by runs that would have pretrained it the same way."""
+    paper = Args()
+    return "".join(f"__{name}={getattr(args, name)}" for name in PRETRAIN_SETTINGS
+                   if getattr(args, name) != getattr(paper, name))
+
+
 def load_or_pretrain_agent(args, data, tensors, device):
     """BC actor and FQE critic (Algorithm 1 line 3) from fqe_pretrain.py's default checkpoint (or
     --pretrain-path), else pretrained here with the same code and cached; fresh networks with --no-pretrain."""
+    trainable_scaler = args.actor_scaler == "trainable"
     if not args.pretrain:
         stats = normalization_stats(data.observations, data.actions)
-        actor = Actor(stats["obs_mean"], stats["obs_std"], data.actions.shape[1]).to(device)
+        actor = Actor(stats["obs_mean"], stats["obs_std"], data.actions.shape[1], trainable_scaler=trainable_scaler)
+        actor = actor.to(device)
         critic = Critic(stats["obs_act_mean"], stats["obs_act_std"]).to(device)
         return actor, critic, ema_copy(critic)
     path = Path(args.pretrain_path) if args.pretrain_path else pretrain_checkpoint_path(args.env_id, args.seed, data.fingerprint)
-    if (args.bc_steps, args.fqe_steps) != (200_000, 200_000) and not args.pretrain_path:
-        path = path.with_name(f"{path.stem}__bc{args.bc_steps}_fqe{args.fqe_steps}.pt")
+    if not args.pretrain_path:
+        path = path.with_name(path.stem + pretrain_variant(args) + ".pt")
     if path.is_file():
         actor, critic, critic_ema, _ = load_pretrain_checkpoint(path, data.fingerprint, device)
+        if isinstance(actor.normalizer.mean, nn.Parameter) != trainable_scaler:
+            raise SystemExit(f"{path} was pretrained with the other --actor-scaler; pass --actor-scaler "
+                             f"{'fixed' if trainable_scaler else 'trainable'} or pretrain again.")
         critic_ema.load_state_dict(critic.state_dict())  # critic and EMA both start from FQE (leq-spec §4)
         print(f"pretraining: loaded {path}")
         return actor, critic, critic_ema
@@ -2448,7 +2490,8 @@ def load_or_pretrain_agent(args, data, tensors, device):
         raise SystemExit(f"--pretrain-path {path} does not exist; train one with fqe_pretrain.py.")
     print(f"pretraining: none at {path}; running BC ({args.bc_steps} steps) then FQE ({args.fqe_steps} steps)")
     stats = normalization_stats(data.observations, data.actions)
-    actor = Actor(stats["obs_mean"], stats["obs_std"], data.actions.shape[1]).to(device)
+    actor = Actor(stats["obs_mean"], stats["obs_std"], data.actions.shape[1], trainable_scaler=trainable_scaler)
+    actor = actor.to(device)
     critic = Critic(stats["obs_act_mean"], stats["obs_act_std"]).to(device)
     critic_ema = ema_copy(critic)
     bc = make_bc_update(actor, torch.optim.Adam(actor.parameters(), lr=args.bc_lr), tensors, args.bc_batch_size)
@@ -2460,6 +2503,14 @@ def load_or_pretrain_agent(args, data, tensors, device):
     save_pretrain_checkpoint(path, actor, critic, critic_ema, data.fingerprint, args)
     print(f"pretraining: saved {path}")
     return actor, critic, critic_ema
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    """Args from the command line; --preset NAME swaps in that preset's defaults, and explicit flags still win."""
+    preset = tyro.cli(Args, args=argv).preset
+    if preset == "none":
+        return tyro.cli(Args, args=argv)
+    return tyro.cli(Args, args=argv, default=Args(preset=preset, **PRESETS[preset]))
 
 
 def main(args: Args) -> dict:
@@ -2575,4 +2626,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(parse_args())

@@ -100,7 +100,28 @@ def test_load_dataset_generates_a_missing_default_dataset(minari_root, monkeypat
     monkeypatch.setattr(cd, "generate_dataset", lambda task: generate(task, steps=500))  # 1M by default
     data = cd.load_dataset(cd.get_task("pointmaze-ultra-diverse"))
     assert len(data) == 500 and "generating it now" in capsys.readouterr().out
-    assert (minari_root / "leq/pointmaze/ultra-diverse-v1/data").is_dir()
+    assert (minari_root / "leq/pointmaze/ultra-diverse-v2/data").is_dir()
+
+
+def test_pointmaze_random_action_share_adds_wall_contacts(minari_root):
+    task = cd.get_task("pointmaze-medium-diverse")
+    planner_only, env, _ = cd.collect_pointmaze(task, 6000, seed=1)
+    env.close()
+    mixed, env, summary = cd.collect_pointmaze(task, 6000, seed=1, random_action_share=0.25)
+    env.close()
+    random_part = mixed[-3:]  # 1500 random-action steps: episodes of 500 from fresh resets
+    assert [len(episode.actions) for episode in random_part] == [500, 500, 500], summary
+    assert all(episode.truncations[-1] and not episode.truncations[:-1].any() for episode in random_part)
+    assert sum(len(episode.actions) for episode in mixed) == 6000
+    xy = lambda episodes: np.concatenate([episode.observations["observation"][1:, :2] for episode in episodes])
+    assert np.mean(near_wall(task, xy(random_part), 0.15)) > 3 * np.mean(near_wall(task, xy(planner_only), 0.15))
+
+
+def test_pointmaze_share_zero_writes_the_minari_style_v1_id(minari_root):
+    task = cd.get_task("pointmaze-umaze-diverse")
+    assert cd.generate_dataset(task, steps=300, random_action_share=0.0) == "leq/pointmaze/umaze-diverse-v1"
+    with pytest.raises(SystemExit, match="--dataset-id"):
+        cd.generate_dataset(task, steps=300, random_action_share=0.5)
 
 
 def test_random_antmaze_data_for_tests(minari_root):

@@ -123,3 +123,31 @@ def test_resume_refuses_a_run_trained_on_other_data(workdir):
     torch.save(checkpoint, "runs/other-data/checkpoint.pt")
     with pytest.raises(SystemExit, match="trained on another dataset"):
         leq_state.main(tiny_args(resume="runs/other-data"))
+
+
+def test_preset_supplies_defaults_and_explicit_flags_win():
+    preset = leq_state.PRESETS["cpu-check"]
+    args = leq_state.parse_args(["--preset", "cpu-check"])
+    assert args.preset == "cpu-check"
+    assert {name: getattr(args, name) for name in preset} == preset
+    overridden = leq_state.parse_args(["--preset", "cpu-check", "--total-steps", "7", "--seed", "9"])
+    assert (overridden.total_steps, overridden.seed, overridden.bc_steps) == (7, 9, preset["bc_steps"])
+    plain = leq_state.parse_args([])
+    assert plain == leq_state.Args() and plain.total_steps == 1_000_000
+
+
+def test_actor_scaler_trainable_is_pretrained_and_cached_apart(workdir):
+    args = tiny_args(exp_name="scaler", total_steps=4, actor_scaler="trainable")
+    assert leq_state.pretrain_variant(args).endswith("__actor_scaler=trainable")
+    task = leq_state.get_task(args.env_id)
+    data = leq_state.load_dataset(task)
+    tensors = leq_state.transition_tensors(data, "cpu")
+    actor, _, _ = leq_state.load_or_pretrain_agent(args, data, tensors, "cpu")
+    names = dict(actor.named_parameters())
+    assert "normalizer.mean" in names and "normalizer.std" in names
+    initial = leq_state.normalization_stats(data.observations, data.actions)["obs_mean"]
+    assert not torch.equal(actor.normalizer.mean.detach(), initial)  # BC's Adam moved it
+    fixed, _, _ = leq_state.load_or_pretrain_agent(tiny_args(), data, tensors, "cpu")
+    assert "normalizer.mean" not in dict(fixed.named_parameters())
+    reloaded, _, _ = leq_state.load_or_pretrain_agent(args, data, tensors, "cpu")  # from its own cache file
+    torch.testing.assert_close(reloaded.normalizer.mean, actor.normalizer.mean, rtol=0, atol=0)
