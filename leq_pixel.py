@@ -209,11 +209,16 @@ def refuse_non_finite(obj, path) -> None:
                          f"(the run diverged). The file already there, if any, is kept.")
 
 
+def lock_file(path) -> Path:
+    return Path(path).with_name(f".{Path(path).name}.lock")
+
+
 @contextlib.contextmanager
 def cache_lock(path, what: str):
-    """Hold `<path>.lock` (fcntl.flock, freed by the OS even if this process is killed) while a cache is trained
-    and written, so that runs started together train it once: the others wait here, then load the file."""
-    lock_path = Path(f"{path}.lock")
+    """Hold the lock file `.<name>.lock` beside `path` (fcntl.flock, freed by the OS even if this process is
+    killed) while a cache is trained and written, so that runs started together train it once: the others wait
+    here, then load the file."""
+    lock_path = lock_file(path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as lock:
         try:
