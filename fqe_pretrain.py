@@ -81,6 +81,11 @@ class Args:
 
 
 # ==== mirror: common (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
+import contextlib
+import fcntl
+import math
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' picks CUDA when torch sees a GPU, else the CPU; an explicit 'cuda' without one is an error."""
     if name == "auto":
@@ -118,12 +123,68 @@ def compile_step(fn, use_compile: bool, use_cudagraphs: bool, device: torch.devi
 
 
 def atomic_save(obj, path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a checkpoint."""
+    """torch.save to a temporary file beside `path`, synced to disk, read back and found finite, then renamed
+    over `path` (and the folder synced): a crash, a power loss or a diverged state never replaces a good file."""
     path = Path(path)
+    refuse_non_finite(obj, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
+    try:
+        with open(tmp, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        refuse_non_finite(torch.load(tmp, map_location="cpu", weights_only=False), path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself reaches the disk
+    finally:
+        os.close(folder)
+
+
+def non_finite(tree, name: str = "") -> list[str]:
+    """Names of the NaN/inf floats and floating-point tensors in nested dicts, lists and tuples (one read of each
+    tensor: call it at log or checkpoint time, not every step)."""
+    if isinstance(tree, dict):
+        return [bad for key, value in tree.items() for bad in non_finite(value, f"{name}.{key}" if name else str(key))]
+    if isinstance(tree, (list, tuple)):
+        return [bad for i, value in enumerate(tree) for bad in non_finite(value, f"{name}[{i}]")]
+    if isinstance(tree, torch.Tensor) and tree.is_floating_point():
+        return [] if bool(torch.isfinite(tree).all()) else [name]
+    if isinstance(tree, float):
+        return [] if math.isfinite(tree) else [name]
+    return []
+
+
+def refuse_non_finite(obj, path) -> None:
+    bad = non_finite(obj)
+    if bad:
+        raise SystemExit(f"not writing {path}: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} not finite "
+                         f"(the run diverged). The file already there, if any, is kept.")
+
+
+def lock_file(path) -> Path:
+    return Path(path).with_name(f".{Path(path).name}.lock")
+
+
+@contextlib.contextmanager
+def cache_lock(path, what: str):
+    """Hold the lock file `.<name>.lock` beside `path` (fcntl.flock, freed by the OS even if this process is
+    killed) while a cache is trained and written, so that runs started together train it once: the others wait
+    here, then load the file."""
+    lock_path = lock_file(path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{what}: another run is writing {path}; waiting for it to finish", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def software_versions() -> dict:
@@ -1567,6 +1628,10 @@ def run_updates(update, steps: int, desc: str, log_interval: int, use_cudagraphs
         if step % log_interval == 0 or step == steps:
             averages = {k: v.item() / count for k, v in sums.items()}
             sums, count = None, 0
+            diverged = [k for k, v in averages.items() if not math.isfinite(v)]
+            if diverged:
+                raise SystemExit(f"{desc} diverged at step {step}: {', '.join(diverged)} not finite. Stopped before "
+                                 f"writing a checkpoint; try a lower learning rate.")
             bar.set_postfix({k: f"{v:.4g}" for k, v in averages.items()})
             if log_fn is not None:
                 log_fn(step, averages)

@@ -123,6 +123,11 @@ class Args:
 
 
 # ==== mirror: common (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
+import contextlib
+import fcntl
+import math
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' picks CUDA when torch sees a GPU, else the CPU; an explicit 'cuda' without one is an error."""
     if name == "auto":
@@ -160,12 +165,68 @@ def compile_step(fn, use_compile: bool, use_cudagraphs: bool, device: torch.devi
 
 
 def atomic_save(obj, path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a checkpoint."""
+    """torch.save to a temporary file beside `path`, synced to disk, read back and found finite, then renamed
+    over `path` (and the folder synced): a crash, a power loss or a diverged state never replaces a good file."""
     path = Path(path)
+    refuse_non_finite(obj, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
+    try:
+        with open(tmp, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        refuse_non_finite(torch.load(tmp, map_location="cpu", weights_only=False), path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself reaches the disk
+    finally:
+        os.close(folder)
+
+
+def non_finite(tree, name: str = "") -> list[str]:
+    """Names of the NaN/inf floats and floating-point tensors in nested dicts, lists and tuples (one read of each
+    tensor: call it at log or checkpoint time, not every step)."""
+    if isinstance(tree, dict):
+        return [bad for key, value in tree.items() for bad in non_finite(value, f"{name}.{key}" if name else str(key))]
+    if isinstance(tree, (list, tuple)):
+        return [bad for i, value in enumerate(tree) for bad in non_finite(value, f"{name}[{i}]")]
+    if isinstance(tree, torch.Tensor) and tree.is_floating_point():
+        return [] if bool(torch.isfinite(tree).all()) else [name]
+    if isinstance(tree, float):
+        return [] if math.isfinite(tree) else [name]
+    return []
+
+
+def refuse_non_finite(obj, path) -> None:
+    bad = non_finite(obj)
+    if bad:
+        raise SystemExit(f"not writing {path}: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} not finite "
+                         f"(the run diverged). The file already there, if any, is kept.")
+
+
+def lock_file(path) -> Path:
+    return Path(path).with_name(f".{Path(path).name}.lock")
+
+
+@contextlib.contextmanager
+def cache_lock(path, what: str):
+    """Hold the lock file `.<name>.lock` beside `path` (fcntl.flock, freed by the OS even if this process is
+    killed) while a cache is trained and written, so that runs started together train it once: the others wait
+    here, then load the file."""
+    lock_path = lock_file(path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{what}: another run is writing {path}; waiting for it to finish", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def software_versions() -> dict:
@@ -1100,10 +1161,21 @@ class MetricLog:
         return values
 
 
-def train_phase(name, updater, replay, total, log, args, on_step=None, save=None, evaluate_fn=None):
-    """Run updates from updater.step to `total` with a progress bar, logs, periodic checkpoints/evaluation."""
+def stop_if_diverged(phase: str, step: int, losses: dict, params, last_good: str) -> None:
+    """At log and checkpoint time only (one read of each tensor): stop when a loss or a parameter is NaN/inf."""
+    bad = non_finite({"losses": losses, "parameters": list(params)})
+    if bad:
+        raise SystemExit(f"{phase} diverged at step {step}: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} "
+                         f"not finite. Stopped; the last good checkpoint is {last_good}. Try a lower --lr.")
+
+
+def train_phase(name, updater, replay, total, log, args, on_step=None, save=None, evaluate_fn=None,
+                checkpoint_path=None):
+    """Run updates from updater.step to `total` with a progress bar, logs, periodic checkpoints/evaluation,
+    stopping with a diagnostic when the losses or parameters stop being finite."""
     from tqdm import tqdm
 
+    last_good = f"{checkpoint_path}, if written before this phase's step {updater.step}"
     progress = tqdm(total=total, initial=updater.step, desc=name, dynamic_ncols=True)
     while updater.step < total:
         metrics = updater.update(replay.sample())
@@ -1112,9 +1184,11 @@ def train_phase(name, updater, replay, total, log, args, on_step=None, save=None
         step = updater.step
         progress.update(1)
         if step % args.log_every == 0 or step == total or step == 1:
-            log.write(name, step, metrics, progress)
+            stop_if_diverged(name, step, log.write(name, step, metrics, progress), updater.params, last_good)
         if save is not None and (step % args.save_every == 0 or step == total):
+            stop_if_diverged(name, step, {}, updater.params, last_good)
             save()
+            last_good = f"{checkpoint_path} ({name} step {step})"
         if evaluate_fn is not None and (step % args.eval_every == 0 and step < total):
             evaluate_fn(step)
     progress.close()
@@ -1168,7 +1242,8 @@ def main(args: Args) -> None:
         print(f"loaded the pretrained world model {wm_path} (skipping pretraining; delete it to retrain)")
         phase = "behaviour"
     if phase == "world_model":
-        train_phase("world_model", wm_updater, replay, args.wm_steps, log, args, save=save)
+        train_phase("world_model", wm_updater, replay, args.wm_steps, log, args, save=save,
+                    checkpoint_path=run_dir / "checkpoint.pt")
         atomic_save(dict(kind="pixel_world_model", fingerprint=data.fingerprint, world_model=wm.state_dict(),
                          size=args.size, ensemble=args.ensemble, act_dim=act_dim, steps=args.wm_steps), wm_path)
         print(f"world model saved to {wm_path}")
@@ -1185,7 +1260,7 @@ def main(args: Args) -> None:
 
     train_phase("behaviour", agent_updater, replay, args.steps, log, args,
                 on_step=lambda: soft_update_(agent.slow_critic, agent.critic, args.slow_critic_fraction),
-                save=save, evaluate_fn=evaluate_and_log)
+                save=save, evaluate_fn=evaluate_and_log, checkpoint_path=run_dir / "checkpoint.pt")
     result = evaluate_and_log(agent_updater.step)
     (run_dir / "final_eval.json").write_text(json.dumps(result))
     print(f"final score {result['mean']:.1f} +- {result['std']:.1f}; run saved in {run_dir}")

@@ -148,6 +148,11 @@ PRESETS = {
 
 
 # ==== mirror: common (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
+import contextlib
+import fcntl
+import math
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' picks CUDA when torch sees a GPU, else the CPU; an explicit 'cuda' without one is an error."""
     if name == "auto":
@@ -185,12 +190,68 @@ def compile_step(fn, use_compile: bool, use_cudagraphs: bool, device: torch.devi
 
 
 def atomic_save(obj, path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a checkpoint."""
+    """torch.save to a temporary file beside `path`, synced to disk, read back and found finite, then renamed
+    over `path` (and the folder synced): a crash, a power loss or a diverged state never replaces a good file."""
     path = Path(path)
+    refuse_non_finite(obj, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
+    try:
+        with open(tmp, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        refuse_non_finite(torch.load(tmp, map_location="cpu", weights_only=False), path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself reaches the disk
+    finally:
+        os.close(folder)
+
+
+def non_finite(tree, name: str = "") -> list[str]:
+    """Names of the NaN/inf floats and floating-point tensors in nested dicts, lists and tuples (one read of each
+    tensor: call it at log or checkpoint time, not every step)."""
+    if isinstance(tree, dict):
+        return [bad for key, value in tree.items() for bad in non_finite(value, f"{name}.{key}" if name else str(key))]
+    if isinstance(tree, (list, tuple)):
+        return [bad for i, value in enumerate(tree) for bad in non_finite(value, f"{name}[{i}]")]
+    if isinstance(tree, torch.Tensor) and tree.is_floating_point():
+        return [] if bool(torch.isfinite(tree).all()) else [name]
+    if isinstance(tree, float):
+        return [] if math.isfinite(tree) else [name]
+    return []
+
+
+def refuse_non_finite(obj, path) -> None:
+    bad = non_finite(obj)
+    if bad:
+        raise SystemExit(f"not writing {path}: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} not finite "
+                         f"(the run diverged). The file already there, if any, is kept.")
+
+
+def lock_file(path) -> Path:
+    return Path(path).with_name(f".{Path(path).name}.lock")
+
+
+@contextlib.contextmanager
+def cache_lock(path, what: str):
+    """Hold the lock file `.<name>.lock` beside `path` (fcntl.flock, freed by the OS even if this process is
+    killed) while a cache is trained and written, so that runs started together train it once: the others wait
+    here, then load the file."""
+    lock_path = lock_file(path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{what}: another run is writing {path}; waiting for it to finish", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def software_versions() -> dict:
@@ -2034,6 +2095,10 @@ def run_updates(update, steps: int, desc: str, log_interval: int, use_cudagraphs
         if step % log_interval == 0 or step == steps:
             averages = {k: v.item() / count for k, v in sums.items()}
             sums, count = None, 0
+            diverged = [k for k, v in averages.items() if not math.isfinite(v)]
+            if diverged:
+                raise SystemExit(f"{desc} diverged at step {step}: {', '.join(diverged)} not finite. Stopped before "
+                                 f"writing a checkpoint; try a lower learning rate.")
             bar.set_postfix({k: f"{v:.4g}" for k, v in averages.items()})
             if log_fn is not None:
                 log_fn(step, averages)
@@ -2415,11 +2480,32 @@ def save_leq_checkpoint(path, step: int, run_name: str, fingerprint: str, args, 
             **{name: module.state_dict() for name, module in modules.items()},
             "buffer": buffer.state_dict() if buffer is not None else None,
             "rng": rng_states(),
+            "threads": torch.get_num_threads(),
             "history": history,
             "software": software_versions(),
         },
         path,
     )
+
+
+def divergence_message(step: int, bad: list[str], last_good: tuple | None) -> str:
+    where = (f"the last good checkpoint, {last_good[0]} (step {last_good[1]}), is intact" if last_good
+             else "no checkpoint was written yet")
+    return (f"diverged at step {step}: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} not finite. Stopped; "
+            f"{where}. Try a lower --actor-lr / --critic-lr or another --tau.")
+
+
+def warn_if_not_bit_exact(checkpoint: dict, args, device) -> None:
+    """Say so when the resumed run cannot continue bit-exactly: compiled or eager step, device and CPU thread
+    count all change the floating-point results."""
+    was = {"compile": checkpoint["args"]["compile"], "cudagraphs": checkpoint["args"]["cudagraphs"],
+           "device": checkpoint["args"]["device"], "threads": checkpoint.get("threads")}
+    now = {"compile": args.compile, "cudagraphs": args.cudagraphs, "device": args.device,
+           "threads": torch.get_num_threads()}
+    changed = [f"{k} {was[k]} -> {now[k]}" for k in was if was[k] is not None and was[k] != now[k]]
+    if changed:
+        print(f"note: resuming with {', '.join(changed)}; the continuation will not be bit-identical to an "
+              f"uninterrupted run (keep the run's settings for that).")
 
 
 def resume_path(resume: str) -> Path:
@@ -2432,25 +2518,19 @@ def resume_path(resume: str) -> Path:
 
 def load_or_train_world_model(args, task, data, device):
     """The world model from train_world_model.py's default checkpoint (or --world-model-path), else trained
-    here with the same code and cached, so a tau sweep trains it once per dataset and seed."""
+    here with the same code and cached under a lock, so a tau sweep started at once trains it once per dataset
+    and seed while the other runs wait for the file."""
     path = Path(args.world_model_path) if args.world_model_path else world_model_path(args.env_id, args.seed, data.fingerprint)
     if args.world_model_max_epochs is not None and not args.world_model_path:
         path = path.with_name(f"{path.stem}__max{args.world_model_max_epochs}ep.pt")
-    if path.is_file():
-        model, _ = load_world_model(path, data.fingerprint, device)
-        print(f"world model: loaded {path}")
-    else:
+    if not path.is_file():
         if args.world_model_path:
             raise SystemExit(f"--world-model-path {path} does not exist; train one with train_world_model.py.")
-        print(f"world model: none at {path}; training one now (OfflineRL-Kit recipe, leq-spec §3)")
-        model = EnsembleDynamics(task.obs_dim, task.act_dim, device=device)
-        result = train_dynamics(
-            model, data.observations, data.actions, data.rewards, data.next_observations,
-            max_epochs=args.world_model_max_epochs,
-            log_epoch=lambda s: print(f"  epoch {s['epoch']}: holdout mse of elites {s['elites_holdout_mse']:.5f}"),
-        )
-        save_world_model(path, model, data.fingerprint, holdout_losses=result["holdout_losses"], args=dict(vars(args)))
-        print(f"world model: saved {path} ({result['epochs']} epochs)")
+        with cache_lock(path, "world model"):
+            if not path.is_file():  # else another run wrote it while this one waited
+                train_and_cache_world_model(args, task, data, device, path)
+    model, _ = load_world_model(path, data.fingerprint, device)
+    print(f"world model: loaded {path}")
     return model.requires_grad_(False)
 
 
@@ -2465,30 +2545,49 @@ def pretrain_variant(args) -> str:
                    if getattr(args, name) != getattr(paper, name))
 
 
+def train_and_cache_world_model(args, task, data, device, path) -> None:
+    print(f"world model: none at {path}; training one now (OfflineRL-Kit recipe, leq-spec §3)", flush=True)
+    model = EnsembleDynamics(task.obs_dim, task.act_dim, device=device)
+    result = train_dynamics(
+        model, data.observations, data.actions, data.rewards, data.next_observations,
+        max_epochs=args.world_model_max_epochs,
+        log_epoch=lambda s: print(f"  epoch {s['epoch']}: holdout mse of elites {s['elites_holdout_mse']:.5f}"),
+    )
+    save_world_model(path, model, data.fingerprint, holdout_losses=result["holdout_losses"], args=dict(vars(args)))
+    print(f"world model: saved {path} ({result['epochs']} epochs)")
+
+
 def load_or_pretrain_agent(args, data, tensors, device):
     """BC actor and FQE critic (Algorithm 1 line 3) from fqe_pretrain.py's default checkpoint (or
-    --pretrain-path), else pretrained here with the same code and cached; fresh networks with --no-pretrain."""
+    --pretrain-path), else pretrained here with the same code and cached under a lock; fresh networks with
+    --no-pretrain."""
     trainable_scaler = args.actor_scaler == "trainable"
     if not args.pretrain:
         stats = normalization_stats(data.observations, data.actions)
         actor = Actor(stats["obs_mean"], stats["obs_std"], data.actions.shape[1], trainable_scaler=trainable_scaler)
-        actor = actor.to(device)
         critic = Critic(stats["obs_act_mean"], stats["obs_act_std"]).to(device)
-        return actor, critic, ema_copy(critic)
+        return actor.to(device), critic, ema_copy(critic)
     path = Path(args.pretrain_path) if args.pretrain_path else pretrain_checkpoint_path(args.env_id, args.seed, data.fingerprint)
     if not args.pretrain_path:
         path = path.with_name(path.stem + pretrain_variant(args) + ".pt")
-    if path.is_file():
-        actor, critic, critic_ema, _ = load_pretrain_checkpoint(path, data.fingerprint, device)
-        if isinstance(actor.normalizer.mean, nn.Parameter) != trainable_scaler:
-            raise SystemExit(f"{path} was pretrained with the other --actor-scaler; pass --actor-scaler "
-                             f"{'fixed' if trainable_scaler else 'trainable'} or pretrain again.")
-        critic_ema.load_state_dict(critic.state_dict())  # critic and EMA both start from FQE (leq-spec §4)
-        print(f"pretraining: loaded {path}")
-        return actor, critic, critic_ema
-    if args.pretrain_path:
-        raise SystemExit(f"--pretrain-path {path} does not exist; train one with fqe_pretrain.py.")
-    print(f"pretraining: none at {path}; running BC ({args.bc_steps} steps) then FQE ({args.fqe_steps} steps)")
+    if not path.is_file():
+        if args.pretrain_path:
+            raise SystemExit(f"--pretrain-path {path} does not exist; train one with fqe_pretrain.py.")
+        with cache_lock(path, "pretraining"):
+            if not path.is_file():  # else another run wrote it while this one waited
+                pretrain_and_cache_agent(args, data, tensors, device, path, trainable_scaler)
+    actor, critic, critic_ema, _ = load_pretrain_checkpoint(path, data.fingerprint, device)
+    if isinstance(actor.normalizer.mean, nn.Parameter) != trainable_scaler:
+        raise SystemExit(f"{path} was pretrained with the other --actor-scaler; pass --actor-scaler "
+                         f"{'fixed' if trainable_scaler else 'trainable'} or pretrain again.")
+    critic_ema.load_state_dict(critic.state_dict())  # critic and EMA both start from FQE (leq-spec §4)
+    print(f"pretraining: loaded {path}")
+    return actor, critic, critic_ema
+
+
+def pretrain_and_cache_agent(args, data, tensors, device, path, trainable_scaler: bool) -> None:
+    print(f"pretraining: none at {path}; running BC ({args.bc_steps} steps) then FQE ({args.fqe_steps} steps)",
+          flush=True)
     stats = normalization_stats(data.observations, data.actions)
     actor = Actor(stats["obs_mean"], stats["obs_std"], data.actions.shape[1], trainable_scaler=trainable_scaler)
     actor = actor.to(device)
@@ -2502,7 +2601,6 @@ def load_or_pretrain_agent(args, data, tensors, device):
     critic_ema.load_state_dict(critic.state_dict())  # LEQ's critic and its EMA both start from FQE (leq-spec §4)
     save_pretrain_checkpoint(path, actor, critic, critic_ema, data.fingerprint, args)
     print(f"pretraining: saved {path}")
-    return actor, critic, critic_ema
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
@@ -2524,7 +2622,8 @@ def main(args: Args) -> dict:
     checkpoint = None
     if args.resume:
         checkpoint = load_checkpoint(resume_path(args.resume), "leq", None, "cpu")  # its data is known only below
-        keep = {k: getattr(args, k) for k in ("resume", "device", "compile", "cudagraphs", "track")}
+        given = {k: getattr(args, k) for k in ("resume", "device", "compile", "cudagraphs", "track")}
+        keep = {k: v for k, v in given.items() if v is not None}  # unset (None): the run's own setting
         args = Args(**{**checkpoint["args"], **keep})  # the run continues with its own hyperparameters
         print(f"resuming {checkpoint['run_name']} at step {checkpoint['step']}")
     device = resolve_device(args.device)
@@ -2572,6 +2671,14 @@ def main(args: Args) -> dict:
     step_fn = compile_step(update, args.compile, args.cudagraphs, device)
     print(f"LEQ on {args.env_id}: tau {tau}, {args.total_steps} steps, device {device}, compile {args.compile}, "
           f"cudagraphs {args.cudagraphs}, routing {args.routing}, run dir {run_dir}")
+    if checkpoint:
+        warn_if_not_bit_exact(checkpoint, args, device)
+    last_good = (run_dir / "checkpoint.pt", start_step) if checkpoint else None
+
+    def stop_if_diverged(step: int, losses: dict) -> None:
+        bad = non_finite({"losses": losses, **{name: module.state_dict() for name, module in modules.items()}})
+        if bad:
+            raise SystemExit(divergence_message(step, bad, last_good))
 
     def evaluate_policy(policy_actor, episodes: int, step: int) -> dict:
         result = evaluate(task, data, numpy_policy(policy_actor, device), episodes, seed=args.seed + step)
@@ -2590,13 +2697,15 @@ def main(args: Args) -> dict:
         sums = {k: v.clone() for k, v in metrics.items()} if sums is None else {k: sums[k] + v for k, v in metrics.items()}
         count += 1
         if step % args.eval_interval == 0 and step < args.total_steps:
+            stop_if_diverged(step, {})
             last_score = evaluate_policy(actor, args.eval_episodes, step)["mean"]
             history["eval"].append({"step": step, "mean": last_score})
             if tracker is not None:
                 tracker.log({"eval/score": last_score}, step=step)
         if step % args.log_interval == 0 or step == args.total_steps:
             now = time.perf_counter()
-            averages = {k: v.item() / count for k, v in sums.items()}  # the only device reads of the loop
+            averages = {k: v.item() / count for k, v in sums.items()}  # with the guard, the only device reads
+            stop_if_diverged(step, averages)
             steps_per_second = count / (now - last_time)
             sums, count, last_time = None, 0, now
             bar.write(
@@ -2608,7 +2717,9 @@ def main(args: Args) -> dict:
             if tracker is not None:
                 tracker.log({**{f"losses/{k}": v for k, v in averages.items()}, "charts/SPS": steps_per_second}, step=step)
         if step % args.checkpoint_interval == 0 or step == args.total_steps:
+            stop_if_diverged(step, {})
             save_leq_checkpoint(run_dir / "checkpoint.pt", step, run_name, data.fingerprint, args, modules, buffer, history)
+            last_good = (run_dir / "checkpoint.pt", step)
     bar.close()
 
     final = evaluate_policy(actor, args.final_eval_episodes, args.total_steps)

@@ -51,7 +51,7 @@ def test_end_to_end_crosses_expansion_evaluation_and_checkpoint(workdir, use_com
     assert checkpoint["kind"] == "leq" and checkpoint["step"] == 60
     assert checkpoint["buffer"]["expansions"] == 3  # before steps 1, 26 and 51
     assert checkpoint["buffer"]["filled"].item() == 2 * 2 * 64  # FIFO keeps the last 2 expansions
-    pretrained = torch.load(next((workdir / "checkpoints" / "pretrain").iterdir()), weights_only=False)
+    pretrained = torch.load(next((workdir / "checkpoints" / "pretrain").glob("*.pt")), weights_only=False)
     moved = any(not torch.equal(v, pretrained["actor"][k]) for k, v in checkpoint["actor"].items())
     assert moved, "LEQ must change the pretrained actor"
     for key in ("actor", "critic", "critic_ema"):
