@@ -2574,8 +2574,9 @@ def print_plan(args: Args, task: Task, data: OfflineData | None, device: torch.d
     total = sum(seconds for _, _, seconds in stages)
     print(f"plan on {device} (times from one-thread figures measured on a 2-core CPU, README 'Speed'"
           + ("; compile time not included" if args.compile else "") + "):")
+    width = max(len(what) for _, what, _ in stages)
     for stage, what, seconds in stages + [("total", "", total)]:
-        print(f"  {stage:<12} {what:<72} {duration(seconds if on_cpu else None) if seconds else ''}")
+        print(f"  {stage:<12} {what:<{width}}  {duration(seconds if on_cpu else None) if seconds else ''}")
     if on_cpu and total > 86400:
         print(f"This is a multi-day job on this CPU ({duration(total)}). For a run sized for a CPU, try "
               f"`python leq_state.py --preset cpu-check`.")
