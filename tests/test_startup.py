@@ -55,14 +55,14 @@ def test_a_bad_flag_stops_the_script_in_seconds_with_one_line(script, flags, mes
     env = dict(os.environ, MINARI_DATASETS_PATH=str(tmp_path / "minari"), OMP_NUM_THREADS="1")
     start, cpu_start = time.perf_counter(), child_cpu_seconds()
     result = subprocess.run([sys.executable, str(ROOT / script), *flags], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=600)
     wall, cpu = time.perf_counter() - start, child_cpu_seconds() - cpu_start
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-3000:]
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr[-3000:]
-    # its CPU time, which other processes on the machine cannot stretch (3 s on a quiet core); the wall time too,
-    # loosely: on the shared 2-core development machine, under a load of 9, it took 28 s
-    assert cpu < 20 and wall < 90, f"took {cpu:.1f} s of CPU, {wall:.1f} s of wall time"
+    # CPU time, which other processes cannot stretch: 2.5-3.3 s each here, which is also the wall time on a quiet
+    # machine; on the shared 2-core development machine under a load of 12, the wall time reached 100-130 s
+    assert cpu < 20, f"took {cpu:.1f} s of CPU ({wall:.1f} s of wall time)"
     assert not (tmp_path / "minari").exists() and not (tmp_path / "checkpoints").exists()
 
 
