@@ -19,9 +19,9 @@ STARTED=$SECONDS
 ROWS=()
 
 # What the check needs beyond PyTorch and its own requirements (jinja2, setuptools, typing-extensions): our
-# requirements but dm-control (pixels only) and wandb (--track only), and what they import. numpy is not carried:
-# PyTorch machines have it, and its 16 MiB wheel would not fit beside mujoco's and gymnasium-robotics' (26 MiB each)
-# in the 64 MiB of wheels.
+# requirements but dm-control (pixels only) and wandb (--track only), and what they import. Not carried: numpy and
+# pillow (minari imports PIL to read or write any dataset). PyTorch machines have them (torchvision needs both), and
+# their wheels (16 and 7 MiB) would not fit beside mujoco's and gymnasium-robotics' (26 MiB each) in 64 MiB.
 WHEELS="tyro docstring_parser typeguard minari h5py gymnasium cloudpickle farama_notifications gymnasium_robotics
 pettingzoo imageio mujoco absl_py etils glfw tqdm pytest iniconfig pluggy pygments packaging"
 
@@ -102,6 +102,9 @@ case "${1:-}" in
         --eval-interval 1000 --eval-episodes 5 --final-eval-episodes 10 --checkpoint-interval 1000 --log-interval 500)
     DATA_STEPS=100000
     [ -d wheels ] || { echo "no wheels/ here: run benchmarks/gpu_check.sh --prepare on a machine with PyPI first"; exit 1; }
+    stage "numpy + pillow" 'echo "this machine has $(cat)"' "$PYTHON" -c "import importlib.util as util, sys
+missing = [name for name in ('numpy', 'PIL') if util.find_spec(name) is None]
+print('numpy and pillow') if not missing else sys.exit(f'{missing} missing: put their wheels into wheels/ too')"
     stage install 'echo "$(ls wheels | wc -l) wheels"' \
         "$PYTHON" -m pip install -q --no-index --no-deps wheels/*.whl
     ;;
