@@ -63,6 +63,42 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_device(args) -> torch.device:
+    """The device --device names, after refusing the CUDA-only flags (--cudagraphs, --bf16) anywhere else."""
+    device = resolve_device(args.device)
+    for flag in ("cudagraphs", "bf16"):
+        if getattr(args, flag, False) and device.type != "cuda":
+            raise SystemExit(f"{os.path.basename(__file__)}: --{flag} needs a CUDA device, but the device is "
+                             f"{device}. Drop --{flag}.")
+    return device
+
+
+def resolve_compile(use_compile: bool | None, device: torch.device, on_cpu: bool = False) -> bool:
+    """--compile, or its default (None): on for CUDA; on the CPU `on_cpu`, the script's measured choice (README,
+    Speed: a CPU compile takes minutes and the compiled LEQ step is barely faster)."""
+    if use_compile is not None:
+        return use_compile
+    return device.type == "cuda" or on_cpu
+
+
+def out_of_range(args, positive=(), non_negative=(), fractions=(), rates=(), open_fractions=()) -> list[str]:
+    """One message per field of `args` outside its range: positive (> 0), non_negative (>= 0), fractions
+    (0 <= x <= 1), rates (0 < x <= 1), open_fractions (0 < x < 1). Fields set to None (a default chosen later)
+    are skipped."""
+    rules = [(positive, lambda v: v > 0, "> 0"), (non_negative, lambda v: v >= 0, ">= 0"),
+             (fractions, lambda v: 0 <= v <= 1, "in [0, 1]"), (rates, lambda v: 0 < v <= 1, "in (0, 1]"),
+             (open_fractions, lambda v: 0 < v < 1, "in (0, 1)")]
+    return [f"--{name.replace('_', '-')} must be {bound}, got {getattr(args, name)}"
+            for names, within, bound in rules for name in names
+            if getattr(args, name) is not None and not within(getattr(args, name))]
+
+
+def refuse(problems: list[str]) -> None:
+    """Stop before any work with every problem found, on one line."""
+    if problems:
+        raise SystemExit(f"{os.path.basename(__file__)}: " + "; ".join(problems))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -552,6 +588,7 @@ TAU_TABLE_10 = {  # paper Table 10; 0.1 where the paper has no entry
 }
 VIDEO_SIZE = 256  # pixels per side of evaluation videos
 GENERATED_NAMESPACE = "leq"  # Minari namespace of the datasets this project generates
+GENERATED_STEPS = 1_000_000  # transitions of a generated default dataset
 
 
 @dataclass(frozen=True)
@@ -637,24 +674,36 @@ def minari_root() -> Path:
 
 def load_dataset(task: Task, dataset_path: str | None = None, download: bool = False) -> OfflineData:
     """The task's offline data as flat float32 arrays; see the block docstring for the accepted sources."""
+    kind, location = locate_dataset(task, dataset_path)
+    if kind == "generate":
+        print(f"{location} is not in {minari_root()}: generating it now (once; "
+              f"`python collect_dataset.py {task.env_id}` does the same).")
+        generate_dataset(task)
+    if kind == "hdf5":
+        return load_d4rl_hdf5(task, Path(location))
+    if kind == "npz":
+        return load_neorl_npz(task, Path(location))
+    return load_minari(task, location, download)
+
+
+def locate_dataset(task: Task, dataset_path: str | None = None) -> tuple[str, str]:
+    """Where the task's data comes from, found without reading it: ("generate" or "minari", a Minari id), or
+    ("hdf5" or "npz", a file path). A source that cannot work is refused with how to get the data."""
     if dataset_path is None:
         if task.default_dataset is None:
             raise SystemExit(_how_to_get_data(task))
-        if task.generated and not (minari_root() / task.default_dataset / "data").is_dir():
-            print(f"{task.default_dataset} is not in {minari_root()}: generating it now (once; "
-                  f"`python collect_dataset.py {task.env_id}` does the same).")
-            generate_dataset(task)
-        return load_minari(task, task.default_dataset, download)
+        missing = not (minari_root() / task.default_dataset / "data").is_dir()
+        return ("generate" if task.generated and missing else "minari"), task.default_dataset
     path = Path(dataset_path).expanduser()
     if path.is_file() and path.suffix in (".hdf5", ".h5"):
-        return load_d4rl_hdf5(task, path)
+        return "hdf5", str(path)
     if path.is_file() and path.suffix == ".npz":
-        return load_neorl_npz(task, path)
+        return "npz", str(path)
     if path.exists():
         raise SystemExit(f"--dataset-path {dataset_path}: expected a D4RL-format .hdf5 file, a NeoRL .npz file "
                          f"or a Minari dataset id; got a {'folder' if path.is_dir() else 'file of unknown type'}.")
     if "/" in dataset_path and not dataset_path.endswith((".hdf5", ".h5", ".npz")):
-        return load_minari(task, dataset_path, download)
+        return "minari", dataset_path
     raise SystemExit(f"--dataset-path {dataset_path} does not exist. {_how_to_get_data(task)}")
 
 
@@ -1016,12 +1065,28 @@ def _maze_map(task: Task, start, goal) -> list:
     return layout
 
 
+ADROIT_NOTICE = "environment's reward functions were updated in v1.2.1 without an environment version update"
+
+
+def import_gymnasium_robotics():
+    """gymnasium_robotics, without the notice it prints at import about its Adroit hand envs' rewards (none of
+    our tasks). It is a print to stderr, not a warning, so it is caught there; anything else printed passes."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stderr(printed):
+        import gymnasium_robotics
+    lines = printed.getvalue().splitlines(keepends=True)
+    sys.stderr.write("".join(line for line in lines if ADROIT_NOTICE not in line))
+    return gymnasium_robotics
+
+
 def make_maze_env(task: Task, maze_map, continuing_task: bool, max_episode_steps: int, render_mode=None, **kwargs):
     """A gymnasium-robotics PointMaze (v3) or AntMaze (v4, 27-dim ant obs as Minari's data) on `maze_map`."""
     import gymnasium as gym
-    import gymnasium_robotics
 
-    gym.register_envs(gymnasium_robotics)
+    gym.register_envs(import_gymnasium_robotics())
     env_id = "PointMaze_UMaze-v3" if task.family == "pointmaze" else "AntMaze_UMaze-v4"
     if render_mode is not None:
         kwargs.update(width=VIDEO_SIZE, height=VIDEO_SIZE)
@@ -1126,7 +1191,7 @@ def _write_video(frames: list, path: str, fps: int) -> None:
 
 # ---- datasets this project generates -----------------------------------------------------------------------------
 
-def generate_dataset(task: Task, steps: int = 1_000_000, seed: int = 0, force: bool = False,
+def generate_dataset(task: Task, steps: int = GENERATED_STEPS, seed: int = 0, force: bool = False,
                      dataset_id: str | None = None, random_action_share: float = POINTMAZE_RANDOM_ACTION_SHARE) -> str:
     """Collect `steps` transitions in the real environment and store them as a Minari dataset; returns its id.
 
@@ -1378,8 +1443,7 @@ def collect_locomotion_random(task: Task, steps: int, seed: int):
 
 
 def main(args: Args) -> None:
-    if args.steps < 1:
-        raise SystemExit(f"--steps must be at least 1 (got {args.steps}).")
+    refuse(out_of_range(args, positive=("steps",)))  # generate_dataset refuses env ids it cannot make before work
     if args.datasets_path is not None:
         os.environ["MINARI_DATASETS_PATH"] = str(Path(args.datasets_path).expanduser().resolve())
     task = get_task(args.env_id)

@@ -38,8 +38,9 @@ class Args:
     """random seed"""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'"""
-    compile: bool = True
-    """torch.compile the BC and FQE steps (on a quiet 2-core CPU: FQE 7.9 vs 10.6 ms/step, BC equal; False for eager)"""
+    compile: bool | None = None
+    """torch.compile the BC and FQE steps; default: on for CUDA, and on the CPU for a phase of at least 20k steps,
+    where it repays its compile time (README, Speed); --compile / --no-compile override"""
     cudagraphs: bool = False
     """capture the compiled steps as CUDA graphs (CUDA only)"""
     track: bool = False
@@ -97,6 +98,42 @@ def resolve_device(name: str) -> torch.device:
             f"(built with CUDA {torch.version.cuda}). Run with --device cpu, or install a CUDA build of torch."
         )
     return device
+
+
+def check_device(args) -> torch.device:
+    """The device --device names, after refusing the CUDA-only flags (--cudagraphs, --bf16) anywhere else."""
+    device = resolve_device(args.device)
+    for flag in ("cudagraphs", "bf16"):
+        if getattr(args, flag, False) and device.type != "cuda":
+            raise SystemExit(f"{os.path.basename(__file__)}: --{flag} needs a CUDA device, but the device is "
+                             f"{device}. Drop --{flag}.")
+    return device
+
+
+def resolve_compile(use_compile: bool | None, device: torch.device, on_cpu: bool = False) -> bool:
+    """--compile, or its default (None): on for CUDA; on the CPU `on_cpu`, the script's measured choice (README,
+    Speed: a CPU compile takes minutes and the compiled LEQ step is barely faster)."""
+    if use_compile is not None:
+        return use_compile
+    return device.type == "cuda" or on_cpu
+
+
+def out_of_range(args, positive=(), non_negative=(), fractions=(), rates=(), open_fractions=()) -> list[str]:
+    """One message per field of `args` outside its range: positive (> 0), non_negative (>= 0), fractions
+    (0 <= x <= 1), rates (0 < x <= 1), open_fractions (0 < x < 1). Fields set to None (a default chosen later)
+    are skipped."""
+    rules = [(positive, lambda v: v > 0, "> 0"), (non_negative, lambda v: v >= 0, ">= 0"),
+             (fractions, lambda v: 0 <= v <= 1, "in [0, 1]"), (rates, lambda v: 0 < v <= 1, "in (0, 1]"),
+             (open_fractions, lambda v: 0 < v < 1, "in (0, 1)")]
+    return [f"--{name.replace('_', '-')} must be {bound}, got {getattr(args, name)}"
+            for names, within, bound in rules for name in names
+            if getattr(args, name) is not None and not within(getattr(args, name))]
+
+
+def refuse(problems: list[str]) -> None:
+    """Stop before any work with every problem found, on one line."""
+    if problems:
+        raise SystemExit(f"{os.path.basename(__file__)}: " + "; ".join(problems))
 
 
 def seed_everything(seed: int) -> None:
@@ -588,6 +625,7 @@ TAU_TABLE_10 = {  # paper Table 10; 0.1 where the paper has no entry
 }
 VIDEO_SIZE = 256  # pixels per side of evaluation videos
 GENERATED_NAMESPACE = "leq"  # Minari namespace of the datasets this project generates
+GENERATED_STEPS = 1_000_000  # transitions of a generated default dataset
 
 
 @dataclass(frozen=True)
@@ -673,24 +711,36 @@ def minari_root() -> Path:
 
 def load_dataset(task: Task, dataset_path: str | None = None, download: bool = False) -> OfflineData:
     """The task's offline data as flat float32 arrays; see the block docstring for the accepted sources."""
+    kind, location = locate_dataset(task, dataset_path)
+    if kind == "generate":
+        print(f"{location} is not in {minari_root()}: generating it now (once; "
+              f"`python collect_dataset.py {task.env_id}` does the same).")
+        generate_dataset(task)
+    if kind == "hdf5":
+        return load_d4rl_hdf5(task, Path(location))
+    if kind == "npz":
+        return load_neorl_npz(task, Path(location))
+    return load_minari(task, location, download)
+
+
+def locate_dataset(task: Task, dataset_path: str | None = None) -> tuple[str, str]:
+    """Where the task's data comes from, found without reading it: ("generate" or "minari", a Minari id), or
+    ("hdf5" or "npz", a file path). A source that cannot work is refused with how to get the data."""
     if dataset_path is None:
         if task.default_dataset is None:
             raise SystemExit(_how_to_get_data(task))
-        if task.generated and not (minari_root() / task.default_dataset / "data").is_dir():
-            print(f"{task.default_dataset} is not in {minari_root()}: generating it now (once; "
-                  f"`python collect_dataset.py {task.env_id}` does the same).")
-            generate_dataset(task)
-        return load_minari(task, task.default_dataset, download)
+        missing = not (minari_root() / task.default_dataset / "data").is_dir()
+        return ("generate" if task.generated and missing else "minari"), task.default_dataset
     path = Path(dataset_path).expanduser()
     if path.is_file() and path.suffix in (".hdf5", ".h5"):
-        return load_d4rl_hdf5(task, path)
+        return "hdf5", str(path)
     if path.is_file() and path.suffix == ".npz":
-        return load_neorl_npz(task, path)
+        return "npz", str(path)
     if path.exists():
         raise SystemExit(f"--dataset-path {dataset_path}: expected a D4RL-format .hdf5 file, a NeoRL .npz file "
                          f"or a Minari dataset id; got a {'folder' if path.is_dir() else 'file of unknown type'}.")
     if "/" in dataset_path and not dataset_path.endswith((".hdf5", ".h5", ".npz")):
-        return load_minari(task, dataset_path, download)
+        return "minari", dataset_path
     raise SystemExit(f"--dataset-path {dataset_path} does not exist. {_how_to_get_data(task)}")
 
 
@@ -1052,12 +1102,28 @@ def _maze_map(task: Task, start, goal) -> list:
     return layout
 
 
+ADROIT_NOTICE = "environment's reward functions were updated in v1.2.1 without an environment version update"
+
+
+def import_gymnasium_robotics():
+    """gymnasium_robotics, without the notice it prints at import about its Adroit hand envs' rewards (none of
+    our tasks). It is a print to stderr, not a warning, so it is caught there; anything else printed passes."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stderr(printed):
+        import gymnasium_robotics
+    lines = printed.getvalue().splitlines(keepends=True)
+    sys.stderr.write("".join(line for line in lines if ADROIT_NOTICE not in line))
+    return gymnasium_robotics
+
+
 def make_maze_env(task: Task, maze_map, continuing_task: bool, max_episode_steps: int, render_mode=None, **kwargs):
     """A gymnasium-robotics PointMaze (v3) or AntMaze (v4, 27-dim ant obs as Minari's data) on `maze_map`."""
     import gymnasium as gym
-    import gymnasium_robotics
 
-    gym.register_envs(gymnasium_robotics)
+    gym.register_envs(import_gymnasium_robotics())
     env_id = "PointMaze_UMaze-v3" if task.family == "pointmaze" else "AntMaze_UMaze-v4"
     if render_mode is not None:
         kwargs.update(width=VIDEO_SIZE, height=VIDEO_SIZE)
@@ -1162,7 +1228,7 @@ def _write_video(frames: list, path: str, fps: int) -> None:
 
 # ---- datasets this project generates -----------------------------------------------------------------------------
 
-def generate_dataset(task: Task, steps: int = 1_000_000, seed: int = 0, force: bool = False,
+def generate_dataset(task: Task, steps: int = GENERATED_STEPS, seed: int = 0, force: bool = False,
                      dataset_id: str | None = None, random_action_share: float = POINTMAZE_RANDOM_ACTION_SHARE) -> str:
     """Collect `steps` transitions in the real environment and store them as a Minari dataset; returns its id.
 
@@ -1692,23 +1758,22 @@ def load_pretrain_checkpoint(path, fingerprint: str | None, device):
 # ==== end mirror: agent ====
 
 
-def check_args(args: Args) -> None:
-    problems = []
-    for name in ("bc_steps", "fqe_steps", "eval_episodes"):
-        if getattr(args, name) < 0:
-            problems.append(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(args, name)})")
-    for name in ("bc_batch_size", "fqe_batch_size", "hidden_dim", "num_layers", "log_interval"):
-        if getattr(args, name) < 1:
-            problems.append(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
-    for name in ("bc_lr", "fqe_lr"):
-        if not getattr(args, name) > 0:
-            problems.append(f"--{name.replace('_', '-')} must be > 0 (got {getattr(args, name)})")
-    if not 0.0 < args.gamma <= 1.0:
-        problems.append(f"--gamma must be in (0, 1] (got {args.gamma})")
-    if not 0.0 < args.ema_rate <= 1.0:
-        problems.append(f"--ema-rate must be in (0, 1] (got {args.ema_rate})")
-    if problems:
-        raise SystemExit("fqe_pretrain.py: " + "; ".join(problems))
+# Measured on the development CPU (eager and compiled steps interleaved, cold compile included): compiling pays
+# back after about 7.5k BC steps (4% faster) and 11k FQE steps (16% faster); eager below this many steps.
+CPU_COMPILE_PAYS_AFTER = 20_000
+
+
+def check_args(args: Args) -> torch.device:
+    """Every argument, the device and where the data is, checked in seconds before any work. Returns the device."""
+    device = check_device(args)
+    refuse(out_of_range(
+        args,
+        positive=("bc_batch_size", "fqe_batch_size", "hidden_dim", "num_layers", "log_interval", "bc_lr", "fqe_lr"),
+        non_negative=("bc_steps", "fqe_steps", "eval_episodes"),
+        rates=("gamma", "ema_rate"),
+    ))
+    locate_dataset(get_task(args.env_id), args.dataset_path)
+    return device
 
 
 def episode_start_indices(episode_ends: np.ndarray) -> np.ndarray:
@@ -1749,10 +1814,7 @@ def sanity_check(task, data, actor, critic, args: Args, device) -> dict:
 
 
 def main(args: Args) -> dict:
-    check_args(args)
-    device = resolve_device(args.device)
-    if args.cudagraphs and device.type != "cuda":  # fail before loading data, not after
-        raise SystemExit(f"--cudagraphs needs a CUDA device, but the device is {device}. Drop --cudagraphs.")
+    device = check_args(args)
     seed_everything(args.seed)
     task = get_task(args.env_id)
     data = load_dataset(task, args.dataset_path, args.download)
@@ -1760,7 +1822,7 @@ def main(args: Args) -> dict:
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run = init_tracking(args, run_name)
     print(f"{args.env_id}: {len(data.observations)} transitions from {data.source}; device {device}, "
-          f"compile {args.compile}, cudagraphs {args.cudagraphs}")
+          f"compile {'auto' if args.compile is None else args.compile}, cudagraphs {args.cudagraphs}")
 
     transitions = transition_tensors(data, device)
     stats = normalization_stats(data.observations, data.actions)
@@ -1786,7 +1848,8 @@ def main(args: Args) -> dict:
     for name, steps, make_update in phases:
         if steps == 0:
             continue
-        update = compile_step(make_update(), args.compile, args.cudagraphs, device)
+        use_compile = resolve_compile(args.compile, device, on_cpu=steps >= CPU_COMPILE_PAYS_AFTER)
+        update = compile_step(make_update(), use_compile, args.cudagraphs, device)
         start = time.perf_counter()
         metrics.update(run_updates(update, steps, name.upper(), args.log_interval, args.cudagraphs,
                                    log_to(name, offset)))

@@ -141,6 +141,42 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_device(args) -> torch.device:
+    """The device --device names, after refusing the CUDA-only flags (--cudagraphs, --bf16) anywhere else."""
+    device = resolve_device(args.device)
+    for flag in ("cudagraphs", "bf16"):
+        if getattr(args, flag, False) and device.type != "cuda":
+            raise SystemExit(f"{os.path.basename(__file__)}: --{flag} needs a CUDA device, but the device is "
+                             f"{device}. Drop --{flag}.")
+    return device
+
+
+def resolve_compile(use_compile: bool | None, device: torch.device, on_cpu: bool = False) -> bool:
+    """--compile, or its default (None): on for CUDA; on the CPU `on_cpu`, the script's measured choice (README,
+    Speed: a CPU compile takes minutes and the compiled LEQ step is barely faster)."""
+    if use_compile is not None:
+        return use_compile
+    return device.type == "cuda" or on_cpu
+
+
+def out_of_range(args, positive=(), non_negative=(), fractions=(), rates=(), open_fractions=()) -> list[str]:
+    """One message per field of `args` outside its range: positive (> 0), non_negative (>= 0), fractions
+    (0 <= x <= 1), rates (0 < x <= 1), open_fractions (0 < x < 1). Fields set to None (a default chosen later)
+    are skipped."""
+    rules = [(positive, lambda v: v > 0, "> 0"), (non_negative, lambda v: v >= 0, ">= 0"),
+             (fractions, lambda v: 0 <= v <= 1, "in [0, 1]"), (rates, lambda v: 0 < v <= 1, "in (0, 1]"),
+             (open_fractions, lambda v: 0 < v < 1, "in (0, 1)")]
+    return [f"--{name.replace('_', '-')} must be {bound}, got {getattr(args, name)}"
+            for names, within, bound in rules for name in names
+            if getattr(args, name) is not None and not within(getattr(args, name))]
+
+
+def refuse(problems: list[str]) -> None:
+    """Stop before any work with every problem found, on one line."""
+    if problems:
+        raise SystemExit(f"{os.path.basename(__file__)}: " + "; ".join(problems))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -1049,9 +1085,7 @@ class Updater:
     Metrics come back as detached device tensors; nothing here reads a value to the host."""
 
     def __init__(self, loss_fn, params, args: Args, total_steps: int, device: torch.device):
-        use_compile = args.compile if args.compile is not None else device.type == "cuda"
-        if args.bf16 and device.type != "cuda":
-            raise SystemExit(f"--bf16 autocast is a CUDA option, but the device is {device}. Drop --bf16.")
+        use_compile = resolve_compile(args.compile, device)
         self.loss_fn = compile_step(loss_fn, use_compile, args.cudagraphs, device)
         self.params = [p for p in params if p.requires_grad]
         self.optimizer = LaProp(self.params, lr=args.lr, agc=args.agc)
@@ -1194,17 +1228,32 @@ def train_phase(name, updater, replay, total, log, args, on_step=None, save=None
     progress.close()
 
 
+def check_args(args: Args) -> torch.device:
+    """Every argument and the device checked in seconds, before any work. Returns the device."""
+    device = check_device(args)
+    problems = out_of_range(
+        args,
+        positive=("batch_size", "horizon", "eval_episodes", "eval_episode_steps", "log_every", "save_every",
+                  "eval_every", "ensemble", "collect_episodes", "collect_episode_steps", "lr"),
+        non_negative=("wm_steps", "steps", "warmup", "agc", "free_bits", "rep_scale", "slowreg", "actor_entropy"),
+        fractions=("lam", "slow_critic_fraction"),
+        rates=("gamma",),
+        open_fractions=("tau",),
+    )
+    if args.batch_length < 2:
+        problems.append(f"--batch-length must be at least 2 (one-step targets), got {args.batch_length}")
+    if args.resume is not None and not Path(args.resume).is_file():
+        problems.append(f"--resume {args.resume} is not a file: pass the checkpoint.pt of an earlier run")
+    refuse(problems)
+    return device
+
+
 def main(args: Args) -> None:
+    device = check_args(args)
     if args.collect:
         collect_dataset(args)
         return
-    for name in ("batch_size", "horizon", "eval_episodes", "eval_episode_steps", "log_every", "save_every", "eval_every"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.batch_length < 2:
-        raise SystemExit(f"--batch-length must be at least 2 (one-step targets), got {args.batch_length}")
     tau = task_tau(args.env_id, args.tau)
-    device = resolve_device(args.device)
     seed_everything(args.seed)
     data = load_vd4rl(args.dataset_path)
     act_dim = data.actions.shape[1]

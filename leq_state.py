@@ -43,8 +43,9 @@ class Args:
     """random seed (also selects the cached world model and pretraining)"""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'"""
-    compile: bool = True
-    """torch.compile the update step (measured faster on the CPU too: benchmarks/bench_leq.py; False for eager)"""
+    compile: bool | None = None
+    """torch.compile the update step; default: on for CUDA, off for the CPU (there a cold compile takes minutes and
+    the compiled step is barely faster: README, Speed); --compile / --no-compile override"""
     cudagraphs: bool = False
     """capture the update step as CUDA graphs (CUDA only)"""
     track: bool = False
@@ -164,6 +165,42 @@ def resolve_device(name: str) -> torch.device:
             f"(built with CUDA {torch.version.cuda}). Run with --device cpu, or install a CUDA build of torch."
         )
     return device
+
+
+def check_device(args) -> torch.device:
+    """The device --device names, after refusing the CUDA-only flags (--cudagraphs, --bf16) anywhere else."""
+    device = resolve_device(args.device)
+    for flag in ("cudagraphs", "bf16"):
+        if getattr(args, flag, False) and device.type != "cuda":
+            raise SystemExit(f"{os.path.basename(__file__)}: --{flag} needs a CUDA device, but the device is "
+                             f"{device}. Drop --{flag}.")
+    return device
+
+
+def resolve_compile(use_compile: bool | None, device: torch.device, on_cpu: bool = False) -> bool:
+    """--compile, or its default (None): on for CUDA; on the CPU `on_cpu`, the script's measured choice (README,
+    Speed: a CPU compile takes minutes and the compiled LEQ step is barely faster)."""
+    if use_compile is not None:
+        return use_compile
+    return device.type == "cuda" or on_cpu
+
+
+def out_of_range(args, positive=(), non_negative=(), fractions=(), rates=(), open_fractions=()) -> list[str]:
+    """One message per field of `args` outside its range: positive (> 0), non_negative (>= 0), fractions
+    (0 <= x <= 1), rates (0 < x <= 1), open_fractions (0 < x < 1). Fields set to None (a default chosen later)
+    are skipped."""
+    rules = [(positive, lambda v: v > 0, "> 0"), (non_negative, lambda v: v >= 0, ">= 0"),
+             (fractions, lambda v: 0 <= v <= 1, "in [0, 1]"), (rates, lambda v: 0 < v <= 1, "in (0, 1]"),
+             (open_fractions, lambda v: 0 < v < 1, "in (0, 1)")]
+    return [f"--{name.replace('_', '-')} must be {bound}, got {getattr(args, name)}"
+            for names, within, bound in rules for name in names
+            if getattr(args, name) is not None and not within(getattr(args, name))]
+
+
+def refuse(problems: list[str]) -> None:
+    """Stop before any work with every problem found, on one line."""
+    if problems:
+        raise SystemExit(f"{os.path.basename(__file__)}: " + "; ".join(problems))
 
 
 def seed_everything(seed: int) -> None:
@@ -655,6 +692,7 @@ TAU_TABLE_10 = {  # paper Table 10; 0.1 where the paper has no entry
 }
 VIDEO_SIZE = 256  # pixels per side of evaluation videos
 GENERATED_NAMESPACE = "leq"  # Minari namespace of the datasets this project generates
+GENERATED_STEPS = 1_000_000  # transitions of a generated default dataset
 
 
 @dataclass(frozen=True)
@@ -740,24 +778,36 @@ def minari_root() -> Path:
 
 def load_dataset(task: Task, dataset_path: str | None = None, download: bool = False) -> OfflineData:
     """The task's offline data as flat float32 arrays; see the block docstring for the accepted sources."""
+    kind, location = locate_dataset(task, dataset_path)
+    if kind == "generate":
+        print(f"{location} is not in {minari_root()}: generating it now (once; "
+              f"`python collect_dataset.py {task.env_id}` does the same).")
+        generate_dataset(task)
+    if kind == "hdf5":
+        return load_d4rl_hdf5(task, Path(location))
+    if kind == "npz":
+        return load_neorl_npz(task, Path(location))
+    return load_minari(task, location, download)
+
+
+def locate_dataset(task: Task, dataset_path: str | None = None) -> tuple[str, str]:
+    """Where the task's data comes from, found without reading it: ("generate" or "minari", a Minari id), or
+    ("hdf5" or "npz", a file path). A source that cannot work is refused with how to get the data."""
     if dataset_path is None:
         if task.default_dataset is None:
             raise SystemExit(_how_to_get_data(task))
-        if task.generated and not (minari_root() / task.default_dataset / "data").is_dir():
-            print(f"{task.default_dataset} is not in {minari_root()}: generating it now (once; "
-                  f"`python collect_dataset.py {task.env_id}` does the same).")
-            generate_dataset(task)
-        return load_minari(task, task.default_dataset, download)
+        missing = not (minari_root() / task.default_dataset / "data").is_dir()
+        return ("generate" if task.generated and missing else "minari"), task.default_dataset
     path = Path(dataset_path).expanduser()
     if path.is_file() and path.suffix in (".hdf5", ".h5"):
-        return load_d4rl_hdf5(task, path)
+        return "hdf5", str(path)
     if path.is_file() and path.suffix == ".npz":
-        return load_neorl_npz(task, path)
+        return "npz", str(path)
     if path.exists():
         raise SystemExit(f"--dataset-path {dataset_path}: expected a D4RL-format .hdf5 file, a NeoRL .npz file "
                          f"or a Minari dataset id; got a {'folder' if path.is_dir() else 'file of unknown type'}.")
     if "/" in dataset_path and not dataset_path.endswith((".hdf5", ".h5", ".npz")):
-        return load_minari(task, dataset_path, download)
+        return "minari", dataset_path
     raise SystemExit(f"--dataset-path {dataset_path} does not exist. {_how_to_get_data(task)}")
 
 
@@ -1119,12 +1169,28 @@ def _maze_map(task: Task, start, goal) -> list:
     return layout
 
 
+ADROIT_NOTICE = "environment's reward functions were updated in v1.2.1 without an environment version update"
+
+
+def import_gymnasium_robotics():
+    """gymnasium_robotics, without the notice it prints at import about its Adroit hand envs' rewards (none of
+    our tasks). It is a print to stderr, not a warning, so it is caught there; anything else printed passes."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stderr(printed):
+        import gymnasium_robotics
+    lines = printed.getvalue().splitlines(keepends=True)
+    sys.stderr.write("".join(line for line in lines if ADROIT_NOTICE not in line))
+    return gymnasium_robotics
+
+
 def make_maze_env(task: Task, maze_map, continuing_task: bool, max_episode_steps: int, render_mode=None, **kwargs):
     """A gymnasium-robotics PointMaze (v3) or AntMaze (v4, 27-dim ant obs as Minari's data) on `maze_map`."""
     import gymnasium as gym
-    import gymnasium_robotics
 
-    gym.register_envs(gymnasium_robotics)
+    gym.register_envs(import_gymnasium_robotics())
     env_id = "PointMaze_UMaze-v3" if task.family == "pointmaze" else "AntMaze_UMaze-v4"
     if render_mode is not None:
         kwargs.update(width=VIDEO_SIZE, height=VIDEO_SIZE)
@@ -1229,7 +1295,7 @@ def _write_video(frames: list, path: str, fps: int) -> None:
 
 # ---- datasets this project generates -----------------------------------------------------------------------------
 
-def generate_dataset(task: Task, steps: int = 1_000_000, seed: int = 0, force: bool = False,
+def generate_dataset(task: Task, steps: int = GENERATED_STEPS, seed: int = 0, force: bool = False,
                      dataset_id: str | None = None, random_action_share: float = POINTMAZE_RANDOM_ACTION_SHARE) -> str:
     """Collect `steps` transitions in the real environment and store them as a Minari dataset; returns its id.
 
@@ -2516,22 +2582,22 @@ def resume_path(resume: str) -> Path:
     return path
 
 
-def load_or_train_world_model(args, task, data, device):
-    """The world model from train_world_model.py's default checkpoint (or --world-model-path), else trained
-    here with the same code and cached under a lock, so a tau sweep started at once trains it once per dataset
-    and seed while the other runs wait for the file."""
-    path = Path(args.world_model_path) if args.world_model_path else world_model_path(args.env_id, args.seed, data.fingerprint)
-    if args.world_model_max_epochs is not None and not args.world_model_path:
+def world_model_cache(args, fingerprint: str) -> Path:
+    """--world-model-path, else train_world_model.py's default path (one per epoch cap)."""
+    if args.world_model_path:
+        return Path(args.world_model_path)
+    path = world_model_path(args.env_id, args.seed, fingerprint)
+    if args.world_model_max_epochs is not None:
         path = path.with_name(f"{path.stem}__max{args.world_model_max_epochs}ep.pt")
-    if not path.is_file():
-        if args.world_model_path:
-            raise SystemExit(f"--world-model-path {path} does not exist; train one with train_world_model.py.")
-        with cache_lock(path, "world model"):
-            if not path.is_file():  # else another run wrote it while this one waited
-                train_and_cache_world_model(args, task, data, device, path)
-    model, _ = load_world_model(path, data.fingerprint, device)
-    print(f"world model: loaded {path}")
-    return model.requires_grad_(False)
+    return path
+
+
+def pretrain_cache(args, fingerprint: str) -> Path:
+    """--pretrain-path, else fqe_pretrain.py's default path (one per set of non-paper pretraining settings)."""
+    if args.pretrain_path:
+        return Path(args.pretrain_path)
+    path = pretrain_checkpoint_path(args.env_id, args.seed, fingerprint)
+    return path.with_name(path.stem + pretrain_variant(args) + ".pt")
 
 
 PRETRAIN_SETTINGS = ("bc_steps", "bc_batch_size", "bc_lr", "fqe_steps", "fqe_batch_size", "fqe_lr", "actor_scaler")
@@ -2543,6 +2609,22 @@ def pretrain_variant(args) -> str:
     paper = Args()
     return "".join(f"__{name}={getattr(args, name)}" for name in PRETRAIN_SETTINGS
                    if getattr(args, name) != getattr(paper, name))
+
+
+def load_or_train_world_model(args, task, data, device):
+    """The world model from train_world_model.py's default checkpoint (or --world-model-path), else trained
+    here with the same code and cached under a lock, so a tau sweep started at once trains it once per dataset
+    and seed while the other runs wait for the file."""
+    path = world_model_cache(args, data.fingerprint)
+    if not path.is_file():
+        if args.world_model_path:
+            raise SystemExit(f"--world-model-path {path} does not exist; train one with train_world_model.py.")
+        with cache_lock(path, "world model"):
+            if not path.is_file():  # else another run wrote it while this one waited
+                train_and_cache_world_model(args, task, data, device, path)
+    model, _ = load_world_model(path, data.fingerprint, device)
+    print(f"world model: loaded {path}")
+    return model.requires_grad_(False)
 
 
 def train_and_cache_world_model(args, task, data, device, path) -> None:
@@ -2567,9 +2649,7 @@ def load_or_pretrain_agent(args, data, tensors, device):
         actor = Actor(stats["obs_mean"], stats["obs_std"], data.actions.shape[1], trainable_scaler=trainable_scaler)
         critic = Critic(stats["obs_act_mean"], stats["obs_act_std"]).to(device)
         return actor.to(device), critic, ema_copy(critic)
-    path = Path(args.pretrain_path) if args.pretrain_path else pretrain_checkpoint_path(args.env_id, args.seed, data.fingerprint)
-    if not args.pretrain_path:
-        path = path.with_name(path.stem + pretrain_variant(args) + ".pt")
+    path = pretrain_cache(args, data.fingerprint)
     if not path.is_file():
         if args.pretrain_path:
             raise SystemExit(f"--pretrain-path {path} does not exist; train one with fqe_pretrain.py.")
@@ -2611,14 +2691,103 @@ def parse_args(argv: list[str] | None = None) -> Args:
     return tyro.cli(Args, args=argv, default=Args(preset=preset, **PRESETS[preset]))
 
 
+# Seconds per unit of work on the development CPU, one thread (README, Speed); the plan scales them to the run.
+CPU_SECONDS = {
+    "generate": 83 / 1e6,  # per generated transition (collect_dataset.py, pointmaze)
+    "world_model": 104 / 1e6,  # per transition and epoch (bench_world_model.py, eager)
+    "bc": 50e-3 / 4096,  # per sample of a BC step (bench_fqe_pretrain.py, 50 ms at batch 4096)
+    "fqe": 10.6e-3 / 256,  # per sample of an FQE step (10.6 ms at batch 256)
+    "leq": {"exact": 364e-3 / 512, "balanced": 286e-3 / 512},  # per sample of an eager LEQ step (bench_leq.py)
+    "expansion": {"exact": 10.8 / 250_000, "balanced": 2.7 / 250_000},  # per imagined expansion transition
+    "env_step": {"pointmaze": 91e-6, "antmaze": 826e-6, "locomotion": 259e-6, "neorl": 259e-6},  # evaluation
+}
+WORLD_MODEL_EPOCHS = 10  # a guess at early stopping: 9 epochs on generated 1M-transition pointmaze data (README)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "no figure for this device"
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"~{seconds / size:.1f} {unit}"
+    return f"~{seconds:.0f} s"
+
+
+def plan_stages(args: Args, task: Task, data: OfflineData | None, start_step: int) -> list[tuple[str, str, float]]:
+    """(stage, what it does, CPU seconds) for every stage of this run; `data` is None while it is not generated."""
+    cost, routing = CPU_SECONDS, args.routing
+    transitions = len(data) if data is not None else GENERATED_STEPS
+    stages = [("data", f"generate {transitions:,} transitions", transitions * cost["generate"]) if data is None
+              else ("data", f"loaded {data.source} ({transitions:,} transitions)", 0.0)]
+    fingerprint = data.fingerprint if data is not None else ""
+    if data is not None and world_model_cache(args, fingerprint).is_file():
+        stages.append(("world model", f"load {world_model_cache(args, fingerprint)}", 0.0))
+    else:
+        epochs = args.world_model_max_epochs or WORLD_MODEL_EPOCHS
+        how = f"{epochs} epochs" if args.world_model_max_epochs else f"until early stop (~{epochs} epochs)"
+        stages.append(("world model", f"train {how} and cache", epochs * transitions * cost["world_model"]))
+    if not args.pretrain:
+        stages.append(("BC + FQE", "skipped (--no-pretrain)", 0.0))
+    elif data is not None and pretrain_cache(args, fingerprint).is_file():
+        stages.append(("BC + FQE", f"load {pretrain_cache(args, fingerprint)}", 0.0))
+    else:
+        stages.append(("BC", f"{args.bc_steps:,} steps at batch {args.bc_batch_size}",
+                       args.bc_steps * args.bc_batch_size * cost["bc"]))
+        stages.append(("FQE", f"{args.fqe_steps:,} steps at batch {args.fqe_batch_size}",
+                       args.fqe_steps * args.fqe_batch_size * cost["fqe"]))
+    steps = args.total_steps - start_step
+    expansions = len(range(start_step, args.total_steps, args.expansion_interval)) if args.expansion else 0
+    stages.append(("LEQ loop", f"{steps:,} steps at batch {args.batch_size} + {args.model_batch_size}, "
+                   f"{expansions} expansions",
+                   steps * (args.batch_size + args.model_batch_size) * cost["leq"][routing]
+                   + expansions * args.expansion_size * args.rollout_length * cost["expansion"][routing]))
+    evaluations = len(range(start_step + args.eval_interval, args.total_steps, args.eval_interval))
+    episodes = evaluations * args.eval_episodes + args.final_eval_episodes * (2 if args.pretrain else 1)
+    stages.append(("evaluations", f"{episodes} episodes of at most {task.max_episode_steps} steps",
+                   episodes * task.max_episode_steps * cost["env_step"][task.family]))
+    return stages
+
+
+def print_plan(args: Args, task: Task, data: OfflineData | None, device: torch.device, start_step: int) -> None:
+    """The stages this run will go through, each with its estimated time, before the first one starts."""
+    stages = plan_stages(args, task, data, start_step)
+    on_cpu = device.type == "cpu"
+    total = sum(seconds for _, _, seconds in stages)
+    print(f"plan on {device} (times from one-thread figures measured on a 2-core CPU, README 'Speed'"
+          + ("; compile time not included" if args.compile else "") + "):")
+    width = max(len(what) for _, what, _ in stages)
+    for stage, what, seconds in stages + [("total", "", total)]:
+        print(f"  {stage:<12} {what:<{width}}  {duration(seconds if on_cpu else None) if seconds else ''}")
+    if on_cpu and total > 86400:
+        print(f"This is a multi-day job on this CPU ({duration(total)}). For a run sized for a CPU, try "
+              f"`python leq_state.py --preset cpu-check`.")
+
+
+def check_args(args: Args) -> torch.device:
+    """Every argument and the environment checked in seconds, before any stage: the device, the CUDA-only flags,
+    value ranges, the env id, where the data and the given checkpoints are. Returns the device."""
+    device = check_device(args)
+    problems = out_of_range(
+        args,
+        positive=("total_steps", "batch_size", "model_batch_size", "horizon", "expansion_interval", "expansion_size",
+                  "rollout_length", "expansion_keep", "bc_batch_size", "fqe_batch_size", "log_interval",
+                  "eval_interval", "eval_episodes", "final_eval_episodes", "checkpoint_interval", "actor_lr",
+                  "critic_lr", "bc_lr", "fqe_lr", "goal_radius", "world_model_max_epochs"),
+        non_negative=("bc_steps", "fqe_steps", "ema_weight"),
+        fractions=("beta", "lam"),
+        rates=("gamma", "ema_rate"),
+        open_fractions=("tau",),
+    )
+    for flag, path in (("--world-model-path", args.world_model_path), ("--pretrain-path", args.pretrain_path)):
+        if path is not None and not Path(path).is_file():
+            problems.append(f"{flag} {path} does not exist")
+    refuse(problems)
+    locate_dataset(get_task(args.env_id), args.dataset_path)
+    return device
+
+
 def main(args: Args) -> dict:
     """The whole pipeline: data, world model, BC+FQE, the LEQ loop, evaluation. Returns the final scores."""
-    for name in ("horizon", "total_steps", "batch_size", "model_batch_size", "log_interval", "eval_interval",
-                 "checkpoint_interval", "expansion_interval", "expansion_size", "rollout_length", "expansion_keep"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-    if not 0.0 <= args.beta <= 1.0 or (args.tau is not None and not 0.0 < args.tau < 1.0):
-        raise SystemExit(f"need 0 <= beta <= 1 and 0 < tau < 1, got beta={args.beta}, tau={args.tau}")
     checkpoint = None
     if args.resume:
         checkpoint = load_checkpoint(resume_path(args.resume), "leq", None, "cpu")  # its data is known only below
@@ -2626,12 +2795,17 @@ def main(args: Args) -> dict:
         keep = {k: v for k, v in given.items() if v is not None}  # unset (None): the run's own setting
         args = Args(**{**checkpoint["args"], **keep})  # the run continues with its own hyperparameters
         print(f"resuming {checkpoint['run_name']} at step {checkpoint['step']}")
-    device = resolve_device(args.device)
+    device = check_args(args)
+    args.compile = resolve_compile(args.compile, device)
     seed_everything(args.seed)
 
     task = get_task(args.env_id)
     tau = task.tau if args.tau is None else args.tau
-    data = load_dataset(task, args.dataset_path, args.download)
+    generated_here = locate_dataset(task, args.dataset_path)[0] == "generate"
+    data = None if generated_here else load_dataset(task, args.dataset_path, args.download)
+    print_plan(args, task, data, device, checkpoint["step"] if checkpoint else 0)
+    if generated_here:
+        data = load_dataset(task, args.dataset_path, args.download)
     if checkpoint:
         refuse_other_dataset(checkpoint, data.fingerprint, f"--resume {args.resume}")
     tensors = transition_tensors(data, device)

@@ -37,7 +37,8 @@ class Args:
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'"""
     compile: bool | None = None
-    """torch.compile the training step; None = the measured-fastest default (compiled; see README figures)"""
+    """torch.compile the training step; default: on (CUDA, and the CPU where it measured faster per epoch, compile
+    included: README, Speed); --compile / --no-compile override"""
     cudagraphs: bool = False
     """capture the compiled training step as CUDA graphs (CUDA only)"""
     torch_threads: int = 0
@@ -98,6 +99,42 @@ def resolve_device(name: str) -> torch.device:
             f"(built with CUDA {torch.version.cuda}). Run with --device cpu, or install a CUDA build of torch."
         )
     return device
+
+
+def check_device(args) -> torch.device:
+    """The device --device names, after refusing the CUDA-only flags (--cudagraphs, --bf16) anywhere else."""
+    device = resolve_device(args.device)
+    for flag in ("cudagraphs", "bf16"):
+        if getattr(args, flag, False) and device.type != "cuda":
+            raise SystemExit(f"{os.path.basename(__file__)}: --{flag} needs a CUDA device, but the device is "
+                             f"{device}. Drop --{flag}.")
+    return device
+
+
+def resolve_compile(use_compile: bool | None, device: torch.device, on_cpu: bool = False) -> bool:
+    """--compile, or its default (None): on for CUDA; on the CPU `on_cpu`, the script's measured choice (README,
+    Speed: a CPU compile takes minutes and the compiled LEQ step is barely faster)."""
+    if use_compile is not None:
+        return use_compile
+    return device.type == "cuda" or on_cpu
+
+
+def out_of_range(args, positive=(), non_negative=(), fractions=(), rates=(), open_fractions=()) -> list[str]:
+    """One message per field of `args` outside its range: positive (> 0), non_negative (>= 0), fractions
+    (0 <= x <= 1), rates (0 < x <= 1), open_fractions (0 < x < 1). Fields set to None (a default chosen later)
+    are skipped."""
+    rules = [(positive, lambda v: v > 0, "> 0"), (non_negative, lambda v: v >= 0, ">= 0"),
+             (fractions, lambda v: 0 <= v <= 1, "in [0, 1]"), (rates, lambda v: 0 < v <= 1, "in (0, 1]"),
+             (open_fractions, lambda v: 0 < v < 1, "in (0, 1)")]
+    return [f"--{name.replace('_', '-')} must be {bound}, got {getattr(args, name)}"
+            for names, within, bound in rules for name in names
+            if getattr(args, name) is not None and not within(getattr(args, name))]
+
+
+def refuse(problems: list[str]) -> None:
+    """Stop before any work with every problem found, on one line."""
+    if problems:
+        raise SystemExit(f"{os.path.basename(__file__)}: " + "; ".join(problems))
 
 
 def seed_everything(seed: int) -> None:
@@ -589,6 +626,7 @@ TAU_TABLE_10 = {  # paper Table 10; 0.1 where the paper has no entry
 }
 VIDEO_SIZE = 256  # pixels per side of evaluation videos
 GENERATED_NAMESPACE = "leq"  # Minari namespace of the datasets this project generates
+GENERATED_STEPS = 1_000_000  # transitions of a generated default dataset
 
 
 @dataclass(frozen=True)
@@ -674,24 +712,36 @@ def minari_root() -> Path:
 
 def load_dataset(task: Task, dataset_path: str | None = None, download: bool = False) -> OfflineData:
     """The task's offline data as flat float32 arrays; see the block docstring for the accepted sources."""
+    kind, location = locate_dataset(task, dataset_path)
+    if kind == "generate":
+        print(f"{location} is not in {minari_root()}: generating it now (once; "
+              f"`python collect_dataset.py {task.env_id}` does the same).")
+        generate_dataset(task)
+    if kind == "hdf5":
+        return load_d4rl_hdf5(task, Path(location))
+    if kind == "npz":
+        return load_neorl_npz(task, Path(location))
+    return load_minari(task, location, download)
+
+
+def locate_dataset(task: Task, dataset_path: str | None = None) -> tuple[str, str]:
+    """Where the task's data comes from, found without reading it: ("generate" or "minari", a Minari id), or
+    ("hdf5" or "npz", a file path). A source that cannot work is refused with how to get the data."""
     if dataset_path is None:
         if task.default_dataset is None:
             raise SystemExit(_how_to_get_data(task))
-        if task.generated and not (minari_root() / task.default_dataset / "data").is_dir():
-            print(f"{task.default_dataset} is not in {minari_root()}: generating it now (once; "
-                  f"`python collect_dataset.py {task.env_id}` does the same).")
-            generate_dataset(task)
-        return load_minari(task, task.default_dataset, download)
+        missing = not (minari_root() / task.default_dataset / "data").is_dir()
+        return ("generate" if task.generated and missing else "minari"), task.default_dataset
     path = Path(dataset_path).expanduser()
     if path.is_file() and path.suffix in (".hdf5", ".h5"):
-        return load_d4rl_hdf5(task, path)
+        return "hdf5", str(path)
     if path.is_file() and path.suffix == ".npz":
-        return load_neorl_npz(task, path)
+        return "npz", str(path)
     if path.exists():
         raise SystemExit(f"--dataset-path {dataset_path}: expected a D4RL-format .hdf5 file, a NeoRL .npz file "
                          f"or a Minari dataset id; got a {'folder' if path.is_dir() else 'file of unknown type'}.")
     if "/" in dataset_path and not dataset_path.endswith((".hdf5", ".h5", ".npz")):
-        return load_minari(task, dataset_path, download)
+        return "minari", dataset_path
     raise SystemExit(f"--dataset-path {dataset_path} does not exist. {_how_to_get_data(task)}")
 
 
@@ -1053,12 +1103,28 @@ def _maze_map(task: Task, start, goal) -> list:
     return layout
 
 
+ADROIT_NOTICE = "environment's reward functions were updated in v1.2.1 without an environment version update"
+
+
+def import_gymnasium_robotics():
+    """gymnasium_robotics, without the notice it prints at import about its Adroit hand envs' rewards (none of
+    our tasks). It is a print to stderr, not a warning, so it is caught there; anything else printed passes."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stderr(printed):
+        import gymnasium_robotics
+    lines = printed.getvalue().splitlines(keepends=True)
+    sys.stderr.write("".join(line for line in lines if ADROIT_NOTICE not in line))
+    return gymnasium_robotics
+
+
 def make_maze_env(task: Task, maze_map, continuing_task: bool, max_episode_steps: int, render_mode=None, **kwargs):
     """A gymnasium-robotics PointMaze (v3) or AntMaze (v4, 27-dim ant obs as Minari's data) on `maze_map`."""
     import gymnasium as gym
-    import gymnasium_robotics
 
-    gym.register_envs(gymnasium_robotics)
+    gym.register_envs(import_gymnasium_robotics())
     env_id = "PointMaze_UMaze-v3" if task.family == "pointmaze" else "AntMaze_UMaze-v4"
     if render_mode is not None:
         kwargs.update(width=VIDEO_SIZE, height=VIDEO_SIZE)
@@ -1163,7 +1229,7 @@ def _write_video(frames: list, path: str, fps: int) -> None:
 
 # ---- datasets this project generates -----------------------------------------------------------------------------
 
-def generate_dataset(task: Task, steps: int = 1_000_000, seed: int = 0, force: bool = False,
+def generate_dataset(task: Task, steps: int = GENERATED_STEPS, seed: int = 0, force: bool = False,
                      dataset_id: str | None = None, random_action_share: float = POINTMAZE_RANDOM_ACTION_SHARE) -> str:
     """Collect `steps` transitions in the real environment and store them as a Minari dataset; returns its id.
 
@@ -1832,20 +1898,35 @@ def export_offlinerlkit(model: EnsembleDynamics, folder) -> None:
     np.save(folder / "std.npy", model.input_std.cpu().numpy()[None])
 
 
+def check_args(args: Args) -> torch.device:
+    """Every argument, the device and where the data is, checked in seconds before any work. Returns the device."""
+    device = check_device(args)
+    problems = out_of_range(
+        args,
+        positive=("num_members", "batch_size", "max_holdout_size", "max_epochs_since_update", "max_epochs",
+                  "learning_rate"),
+        non_negative=("torch_threads", "logvar_loss_coef", "improvement_threshold"),
+        open_fractions=("holdout_ratio",),
+    )
+    if len(args.weight_decays) != len(args.hidden_dims) + 1:
+        problems.append(f"--weight-decays needs one value per layer: {len(args.hidden_dims)} hidden layers + the "
+                        f"output layer = {len(args.hidden_dims) + 1} values, got {len(args.weight_decays)}")
+    if not 0 < args.num_elites <= args.num_members:
+        problems.append(f"--num-elites must be between 1 and --num-members ({args.num_members}), got {args.num_elites}")
+    if min(args.hidden_dims, default=0) < 1 or min(args.weight_decays) < 0:
+        problems.append(f"--hidden-dims must be positive and --weight-decays >= 0, got {args.hidden_dims} and "
+                        f"{args.weight_decays}")
+    refuse(problems)
+    locate_dataset(get_task(args.env_id), args.dataset_path)
+    return device
+
+
 def train_world_model(args: Args) -> Path:
     """The whole pipeline: data -> ensemble training -> checkpoint. Returns the checkpoint path."""
-    device = resolve_device(args.device)
-    # measured on CPU: the compiled step is 1.15-1.25x faster per minibatch (benchmarks/bench_world_model.py),
-    # which repays its compile time (40-70 s on a busy 2-core machine) within the first epoch of 1M transitions
-    use_compile = args.compile if args.compile is not None else True
-    if args.cudagraphs and device.type != "cuda":
-        raise SystemExit(f"--cudagraphs needs a CUDA device, but the device is {device}. Drop --cudagraphs.")
-    if len(args.weight_decays) != len(args.hidden_dims) + 1:
-        raise SystemExit(f"--weight-decays needs one value per layer: {len(args.hidden_dims)} hidden layers + the "
-                         f"output layer = {len(args.hidden_dims) + 1} values, got {len(args.weight_decays)}.")
-    if not 0 < args.num_elites <= args.num_members:
-        raise SystemExit(f"--num-elites must be between 1 and --num-members ({args.num_members}), "
-                         f"got {args.num_elites}.")
+    device = check_args(args)
+    # on the CPU too: the compiled step measured 1.04x (quiet) to 1.22x (loaded) faster per epoch of 1M
+    # transitions, which repays its 40-70 s cold compile within the first epochs (README, Speed)
+    use_compile = resolve_compile(args.compile, device, on_cpu=True)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     seed_everything(args.seed)

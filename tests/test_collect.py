@@ -31,6 +31,7 @@ def test_cli_pointmaze_writes_a_dataset_the_loader_reads_back(minari_root):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "the controller reached its goal in" in result.stdout
     assert "read back: 2000 transitions" in result.stdout
+    assert cd.ADROIT_NOTICE not in result.stderr  # gymnasium-robotics' import-time notice about other envs
     data = cd.load_dataset(cd.get_task("pointmaze-umaze-diverse"))
     assert len(data) == 2000 and data.observations.shape == (2000, 4) and data.actions.shape == (2000, 2)
     assert data.maze_frame == "gymnasium_robotics" and (data.reward_scale, data.reward_shift) == (1.0, -1.0)
