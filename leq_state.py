@@ -130,6 +130,9 @@ class Args:
 
 
 # ==== mirror: common (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
+import json
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' picks CUDA when torch sees a GPU, else the CPU; an explicit 'cuda' without one is an error."""
     if name == "auto":
@@ -206,6 +209,42 @@ def refuse_other_dataset(checkpoint: dict, fingerprint: str, path) -> None:
             f"{path} was trained on another dataset (fingerprint {checkpoint.get('fingerprint')}, this dataset "
             f"is {fingerprint}). Pass the checkpoint trained on this data, or retrain on it."
         )
+
+
+def new_run_name(env_id: str, exp_name: str, seed: int) -> str:
+    """CleanRL's run name plus a random suffix, so that runs of a sweep started in the same second never share
+    a run dir."""
+    return f"{env_id}__{exp_name}__{seed}__{int(time.time())}_{os.urandom(3).hex()}"
+
+
+EVAL_CSV_HEADER = "step,policy,episodes,mean,std"  # policy: leq (periodic), leq_final, bc
+
+
+def write_run_config(run_dir, args, **resolved) -> None:
+    """runs/<run_name>/config.json: every argument, the values resolved from them (e.g. tau from the env id)
+    and the software versions, written when the run starts."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {"args": dict(vars(args)), **resolved, "software": software_versions()}
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+
+
+def eval_csv_writer(run_dir, rows: list):
+    """Rewrite runs/<run_name>/eval.csv with `rows` (a resumed run's checkpointed evaluations, so no row is
+    written twice) and return append(row), which adds one evaluation row and closes (flushes) the file."""
+    path = Path(run_dir) / "eval.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join([EVAL_CSV_HEADER + "\n", *map(_eval_csv_line, rows)]))
+
+    def append(row: dict) -> None:
+        with open(path, "a") as file:
+            file.write(_eval_csv_line(row))
+
+    return append
+
+
+def _eval_csv_line(row: dict) -> str:
+    return ",".join(str(row.get(key, "")) for key in EVAL_CSV_HEADER.split(",")) + "\n"
 
 
 def init_tracking(args, run_name: str):
@@ -2450,14 +2489,16 @@ def main(args: Args) -> dict:
     data = load_dataset(task, args.dataset_path, args.download)
     if checkpoint:
         refuse_other_dataset(checkpoint, data.fingerprint, f"--resume {args.resume}")
+    run_name = checkpoint["run_name"] if checkpoint else new_run_name(args.env_id, args.exp_name, args.seed)
+    run_dir = Path("runs") / run_name
+    write_run_config(run_dir, args, env_id=args.env_id, seed=args.seed, tau=tau, run_name=run_name,
+                     dataset=data.source, dataset_fingerprint=data.fingerprint)
     tensors = transition_tensors(data, device)
     world_model = load_or_train_world_model(args, task, data, device)
     actor, critic, critic_ema = load_or_pretrain_agent(args, data, tensors, device)
     bc_actor = copy.deepcopy(actor)
 
     seed_everything(args.seed)  # the LEQ loop draws the same numbers whether the models were cached or not
-    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = Path("runs") / run_name
     tracker = init_tracking(args, run_name)
     transition = make_model_transition(world_model, args.routing, data.reward_scale, data.reward_shift)
     terminated = make_termination_fn(task, data, args.goal_radius)
@@ -2480,6 +2521,7 @@ def main(args: Args) -> dict:
             buffer.load_state_dict(checkpoint["buffer"])
         history, start_step = checkpoint["history"], checkpoint["step"]
         set_rng_states(checkpoint["rng"])
+    append_eval_row = eval_csv_writer(run_dir, history["eval"])
     # built after loading: the optimiser's state_dict brings its own learning-rate tensor
     update, step_count = make_leq_update(actor, critic, critic_ema, actor_optimizer, critic_optimizer, tensors,
                                          sample_starts, transition, terminated, args, tau)
@@ -2488,9 +2530,11 @@ def main(args: Args) -> dict:
     print(f"LEQ on {args.env_id}: tau {tau}, {args.total_steps} steps, device {device}, compile {args.compile}, "
           f"cudagraphs {args.cudagraphs}, routing {args.routing}, run dir {run_dir}")
 
-    def evaluate_policy(policy_actor, episodes: int, step: int) -> dict:
+    def evaluate_policy(policy_actor, policy: str, episodes: int, step: int) -> dict:
+        """One evaluation as an eval.csv row: {step, policy, episodes, mean, std} (scores x100)."""
         result = evaluate(task, data, numpy_policy(policy_actor, device), episodes, seed=args.seed + step)
-        return {"mean": float(result["mean"]), "std": float(result["std"])}
+        return {"step": step, "policy": policy, "episodes": episodes, "mean": float(result["mean"]),
+                "std": float(result["std"])}
 
     last_score = history["eval"][-1]["mean"] if history["eval"] else float("nan")
     sums, count, last_time = None, 0, time.perf_counter()
@@ -2505,8 +2549,10 @@ def main(args: Args) -> dict:
         sums = {k: v.clone() for k, v in metrics.items()} if sums is None else {k: sums[k] + v for k, v in metrics.items()}
         count += 1
         if step % args.eval_interval == 0 and step < args.total_steps:
-            last_score = evaluate_policy(actor, args.eval_episodes, step)["mean"]
-            history["eval"].append({"step": step, "mean": last_score})
+            row = evaluate_policy(actor, "leq", args.eval_episodes, step)
+            history["eval"].append(row)
+            append_eval_row(row)
+            last_score = row["mean"]
             if tracker is not None:
                 tracker.log({"eval/score": last_score}, step=step)
         if step % args.log_interval == 0 or step == args.total_steps:
@@ -2526,10 +2572,13 @@ def main(args: Args) -> dict:
             save_leq_checkpoint(run_dir / "checkpoint.pt", step, run_name, data.fingerprint, args, modules, buffer, history)
     bar.close()
 
-    final = evaluate_policy(actor, args.final_eval_episodes, args.total_steps)
+    final = evaluate_policy(actor, "leq_final", args.final_eval_episodes, args.total_steps)
     history["final"] = final
+    append_eval_row(final)
     if history.get("bc_score") is None and args.pretrain:
-        history["bc_score"] = evaluate_policy(bc_actor, args.final_eval_episodes, args.total_steps)
+        history["bc_score"] = evaluate_policy(bc_actor, "bc", args.final_eval_episodes, args.total_steps)
+    if history.get("bc_score"):
+        append_eval_row(history["bc_score"])
     print(f"final score over {args.final_eval_episodes} episodes: {final['mean']:.1f} +- {final['std']:.1f}"
           + (f" (BC policy: {history['bc_score']['mean']:.1f})" if history.get("bc_score") else ""))
     save_leq_checkpoint(run_dir / "checkpoint.pt", args.total_steps, run_name, data.fingerprint, args, modules, buffer,

@@ -291,6 +291,9 @@ def test_smoke_pipeline_collect_pretrain_behaviour_eval_resume(tmp_path, monkeyp
     final = json.loads((run_dir / "final_eval.json").read_text())
     assert len(final["scores"]) == 1 and 0 <= final["scores"][0] <= 100
     assert (tmp_path / "wm.pt").is_file() and (run_dir / "checkpoint.pt").is_file()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["tau"] == lp.TABLE13_TAU["walker_walk-random"] and config["args"]["steps"] == 3
+    assert eval_rows(run_dir) == [["step", "policy", "episodes", "mean", "std"], ["3", "leq_final", "1", *final_pair(final)]]
 
     resumed = replace(args, steps=5, resume=str(run_dir / "checkpoint.pt"), eval_episode_steps=3)
     lp.main(resumed)
@@ -299,6 +302,16 @@ def test_smoke_pipeline_collect_pretrain_behaviour_eval_resume(tmp_path, monkeyp
     assert [line["step"] for line in lines if line["phase"] == "behaviour"] == [1, 2, 3, 4, 5]
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert checkpoint["agent_step"] == 5 and checkpoint["phase"] == "behaviour"
+    final = json.loads((run_dir / "final_eval.json").read_text())
+    assert eval_rows(run_dir)[1:] == [["5", "leq_final", "1", *final_pair(final)]]  # the step-3 final is superseded
+
+
+def eval_rows(run_dir) -> list:
+    return [line.split(",") for line in (run_dir / "eval.csv").read_text().splitlines()]
+
+
+def final_pair(final: dict) -> list:
+    return [str(final["mean"]), str(final["std"])]
 
 
 def test_run_refuses_checkpoint_of_other_data(tmp_path, monkeypatch):
