@@ -562,8 +562,8 @@ def make_d4rl_antmaze_env(maze: str, seed: int | None = None, eval_goal_variant:
     done = make_termination_fn(task, data)(obs, act, next_obs)     # batched torch bool [B] (leq-spec §6)
     result = evaluate(task, data, policy, num_episodes=10, seed=0) # mean/std/scores/returns (x100 scores)
 
-Dataset sources (`dataset_path`): None = the task's default (a Minari dataset; generated automatically for the
-datasets this project makes), a Minari id (e.g. "D4RL/antmaze/umaze-v1", "mujoco/hopper/medium-v0"), a
+Dataset sources (`dataset_path`): None = the task's default (a Minari dataset, generated automatically for the
+datasets this project makes; for D4RL locomotion, TAP ultra and NeoRL, default_data_file()), a Minari id (e.g. "D4RL/antmaze/umaze-v1", "mujoco/hopper/medium-v0"), a
 D4RL-format .hdf5 file (D4RL locomotion/antmaze, TAP antmaze-ultra) or a NeoRL .npz file. The reward LEQ and
 FQE train on is `rewards * reward_scale + reward_shift` (leq-spec §1); `rewards` stay raw for the world model.
 """
@@ -698,9 +698,9 @@ def minari_root() -> Path:
 
 def load_dataset(task: Task, dataset_path: str | None = None, download: bool = False) -> OfflineData:
     """The task's offline data as flat float32 arrays; see the block docstring for the accepted sources."""
+    if dataset_path is None and task.default_dataset is None:
+        dataset_path = str(default_data_file(task))  # when it is missing, the error below says how to get it
     if dataset_path is None:
-        if task.default_dataset is None:
-            raise SystemExit(_how_to_get_data(task))
         if task.generated and not (minari_root() / task.default_dataset / "data").is_dir():
             print(f"{task.default_dataset} is not in {minari_root()}: generating it now (once; "
                   f"`python collect_dataset.py {task.env_id}` does the same).")
@@ -717,6 +717,19 @@ def load_dataset(task: Task, dataset_path: str | None = None, download: bool = F
     if "/" in dataset_path and not dataset_path.endswith((".hdf5", ".h5", ".npz")):
         return load_minari(task, dataset_path, download)
     raise SystemExit(f"--dataset-path {dataset_path} does not exist. {_how_to_get_data(task)}")
+
+
+def default_data_file(task: Task) -> Path:
+    """Where a task without a Minari default reads its file when no path is given: D4RL's own download folder
+    ($D4RL_DATASET_DIR, else ~/.d4rl/datasets) for D4RL and TAP files, $NEORL_DATASET_DIR (else
+    ~/.neorl/datasets) for NeoRL's, so a sweep over env ids needs no per-task path."""
+    if task.family == "neorl":
+        folder = os.environ.get("NEORL_DATASET_DIR") or "~/.neorl/datasets"
+        return Path(folder).expanduser() / f"{task.env_id}-1000-train-noise.npz"
+    folder = Path(os.environ.get("D4RL_DATASET_DIR") or "~/.d4rl/datasets").expanduser()
+    if task.family == "antmaze":
+        return folder / TAP_ULTRA_URL.format("True" if task.level == "diverse" else "False").rsplit("/", 1)[1]
+    return folder / f"{task.robot}_{task.level.replace('-', '_')}-v2.hdf5"
 
 
 def _how_to_get_data(task: Task) -> str:

@@ -207,9 +207,24 @@ def test_missing_minari_dataset_says_how_to_get_it(minari_root):
     ("antmaze-ultra-play", r"multigoal_False_sparse.hdf5"),
     ("Walker2d-v3-low", r"Walker2d-v3-low-1000-train-noise.npz.*NOT the unrelated `neorl` package"),
 ])
-def test_tasks_without_a_default_dataset_say_how_to_get_one(env_id, expected):
+def test_tasks_without_a_default_dataset_say_how_to_get_one(env_id, expected, tmp_path, monkeypatch):
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
+    monkeypatch.setenv("NEORL_DATASET_DIR", str(tmp_path))
     with pytest.raises(SystemExit, match=expected):
         cd.load_dataset(cd.get_task(env_id))
+
+
+def test_files_in_the_default_folders_are_read_without_a_path(tmp_path, monkeypatch):
+    """D4RL's own download folder ($D4RL_DATASET_DIR) and $NEORL_DATASET_DIR: a sweep needs no per-task path."""
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "d4rl"))
+    monkeypatch.setenv("NEORL_DATASET_DIR", str(tmp_path / "neorl"))
+    (tmp_path / "d4rl").mkdir()
+    write_hdf5(tmp_path / "d4rl" / "hopper_medium_replay-v2.hdf5", **good_hopper_arrays())
+    assert cd.load_dataset(cd.get_task("hopper-medium-replay")).source.endswith("d4rl/hopper_medium_replay-v2.hdf5")
+    expected = {"antmaze-ultra-diverse": "d4rl/Ant_maze_ultra_noisy_multistart_True_multigoal_True_sparse.hdf5",
+                "HalfCheetah-v3-high": "neorl/HalfCheetah-v3-high-1000-train-noise.npz"}
+    for env_id, path in expected.items():
+        assert cd.default_data_file(cd.get_task(env_id)) == tmp_path / path
 
 
 def good_hopper_arrays(n=20):

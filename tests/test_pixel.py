@@ -228,6 +228,10 @@ def test_tanh_normal_log_prob_matches_torch_distributions():
     torch.testing.assert_close(lp.tanh_normal_log_prob(mean, std, x), dist.log_prob(torch.tanh(x)).sum(-1), rtol=1e-3, atol=1e-3)
 
 
+def test_default_dataset_path_is_vd4rl_layout():
+    assert lp.default_dataset_path("cheetah_run-medium_expert") == "vd4rl_data/main/cheetah_run/medium_expert/64px"
+
+
 def test_task_tau_table13_and_errors():
     assert lp.task_tau("walker_walk-random", None) == 0.5
     assert lp.task_tau("cheetah_run-medium_expert", None) == 0.5
