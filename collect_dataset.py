@@ -475,7 +475,8 @@ def make_d4rl_antmaze_env(maze: str, seed: int | None = None, eval_goal_variant:
     result = evaluate(task, data, policy, num_episodes=10, seed=0) # mean/std/scores/returns (x100 scores)
 
 Dataset sources (`dataset_path`): None = the task's default (a Minari dataset, generated automatically for the
-datasets this project makes; for D4RL locomotion, TAP ultra and NeoRL, default_data_file()), a Minari id (e.g. "D4RL/antmaze/umaze-v1", "mujoco/hopper/medium-v0"), a
+datasets this project makes; for D4RL locomotion (also *-random when D4RL's file is there), TAP ultra and
+NeoRL, default_data_file()), a Minari id (e.g. "D4RL/antmaze/umaze-v1", "mujoco/hopper/medium-v0"), a
 D4RL-format .hdf5 file (D4RL locomotion/antmaze, TAP antmaze-ultra) or a NeoRL .npz file. The reward LEQ and
 FQE train on is `rewards * reward_scale + reward_shift` (leq-spec §1); `rewards` stay raw for the world model.
 """
@@ -610,7 +611,7 @@ def minari_root() -> Path:
 
 def load_dataset(task: Task, dataset_path: str | None = None, download: bool = False) -> OfflineData:
     """The task's offline data as flat float32 arrays; see the block docstring for the accepted sources."""
-    if dataset_path is None and task.default_dataset is None:
+    if dataset_path is None and (task.default_dataset is None or paper_random_data_present(task)):
         dataset_path = str(default_data_file(task))  # when it is missing, the error below says how to get it
     if dataset_path is None:
         if task.generated and not (minari_root() / task.default_dataset / "data").is_dir():
@@ -642,6 +643,11 @@ def default_data_file(task: Task) -> Path:
     if task.family == "antmaze":
         return folder / TAP_ULTRA_URL.format("True" if task.level == "diverse" else "False").rsplit("/", 1)[1]
     return folder / f"{task.robot}_{task.level.replace('-', '_')}-v2.hdf5"
+
+
+def paper_random_data_present(task: Task) -> bool:
+    """D4RL's *-random file in the default folder: the paper's data, read instead of generating our own."""
+    return task.family == "locomotion" and default_data_file(task).is_file()
 
 
 def _how_to_get_data(task: Task) -> str:

@@ -221,6 +221,8 @@ def test_files_in_the_default_folders_are_read_without_a_path(tmp_path, monkeypa
     (tmp_path / "d4rl").mkdir()
     write_hdf5(tmp_path / "d4rl" / "hopper_medium_replay-v2.hdf5", **good_hopper_arrays())
     assert cd.load_dataset(cd.get_task("hopper-medium-replay")).source.endswith("d4rl/hopper_medium_replay-v2.hdf5")
+    write_hdf5(tmp_path / "d4rl" / "hopper_random-v2.hdf5", **good_hopper_arrays())  # the paper's, not generated
+    assert cd.load_dataset(cd.get_task("hopper-random")).source.endswith("d4rl/hopper_random-v2.hdf5")
     expected = {"antmaze-ultra-diverse": "d4rl/Ant_maze_ultra_noisy_multistart_True_multigoal_True_sparse.hdf5",
                 "HalfCheetah-v3-high": "neorl/HalfCheetah-v3-high-1000-train-noise.npz"}
     for env_id, path in expected.items():
