@@ -563,8 +563,8 @@ def make_d4rl_antmaze_env(maze: str, seed: int | None = None, eval_goal_variant:
     result = evaluate(task, data, policy, num_episodes=10, seed=0) # mean/std/scores/returns (x100 scores)
 
 Dataset sources (`dataset_path`): None = the task's default (a Minari dataset, generated automatically for the
-datasets this project makes; for D4RL locomotion (also *-random when D4RL's file is there), TAP ultra and
-NeoRL, default_data_file()), a Minari id (e.g. "D4RL/antmaze/umaze-v1", "mujoco/hopper/medium-v0"), a
+datasets this project makes; default_data_file() for D4RL locomotion, TAP ultra and NeoRL, and for AntMaze
+and *-random when D4RL's file is there: the paper's data), a Minari id (e.g. "D4RL/antmaze/umaze-v1", "mujoco/hopper/medium-v0"), a
 D4RL-format .hdf5 file (D4RL locomotion/antmaze, TAP antmaze-ultra) or a NeoRL .npz file. The reward LEQ and
 FQE train on is `rewards * reward_scale + reward_shift` (leq-spec §1); `rewards` stay raw for the world model.
 """
@@ -699,7 +699,7 @@ def minari_root() -> Path:
 
 def load_dataset(task: Task, dataset_path: str | None = None, download: bool = False) -> OfflineData:
     """The task's offline data as flat float32 arrays; see the block docstring for the accepted sources."""
-    if dataset_path is None and (task.default_dataset is None or paper_random_data_present(task)):
+    if dataset_path is None and (task.default_dataset is None or paper_data_present(task)):
         dataset_path = str(default_data_file(task))  # when it is missing, the error below says how to get it
     if dataset_path is None:
         if task.generated and not (minari_root() / task.default_dataset / "data").is_dir():
@@ -728,14 +728,19 @@ def default_data_file(task: Task) -> Path:
         folder = os.environ.get("NEORL_DATASET_DIR") or "~/.neorl/datasets"
         return Path(folder).expanduser() / f"{task.env_id}-1000-train-noise.npz"
     folder = Path(os.environ.get("D4RL_DATASET_DIR") or "~/.d4rl/datasets").expanduser()
-    if task.family == "antmaze":
+    if task.family == "antmaze" and task.maze == "ultra":
         return folder / TAP_ULTRA_URL.format("True" if task.level == "diverse" else "False").rsplit("/", 1)[1]
+    if task.family == "antmaze":
+        maze = {"umaze": "u-maze", "medium": "big-maze", "large": "hardest-maze"}[task.maze]
+        starts = "False_multigoal_False" if task.env_id == "antmaze-umaze" else f"True_multigoal_{task.level == 'diverse'}"
+        return folder / f"Ant_maze_{maze}_noisy_multistart_{starts}_sparse_fixed.hdf5"  # D4RL's antmaze-*-v2 files
     return folder / f"{task.robot}_{task.level.replace('-', '_')}-v2.hdf5"
 
 
-def paper_random_data_present(task: Task) -> bool:
-    """D4RL's *-random file in the default folder: the paper's data, read instead of generating our own."""
-    return task.family == "locomotion" and default_data_file(task).is_file()
+def paper_data_present(task: Task) -> bool:
+    """D4RL's file in the default folder for a task whose default is Minari or generated data (AntMaze, *-random):
+    the paper's data, read instead."""
+    return task.family in ("antmaze", "locomotion") and default_data_file(task).is_file()
 
 
 def _how_to_get_data(task: Task) -> str:
