@@ -514,10 +514,10 @@ def make_d4rl_antmaze_env(maze: str, seed: int | None = None, eval_goal_variant:
     done = make_termination_fn(task, data)(obs, act, next_obs)     # batched torch bool [B] (leq-spec §6)
     result = evaluate(task, data, policy, num_episodes=10, seed=0) # mean/std/scores/returns (x100 scores)
 
-Dataset sources (`dataset_path`): None = the task's default (a Minari dataset, generated automatically for the
-datasets this project makes; default_data_file() for D4RL locomotion, TAP ultra and NeoRL, and for AntMaze
-and *-random when D4RL's file is there: the paper's data), a Minari id (e.g. "D4RL/antmaze/umaze-v1", "mujoco/hopper/medium-v0"), a
-D4RL-format .hdf5 file (D4RL locomotion/antmaze, TAP antmaze-ultra) or a NeoRL .npz file. The reward LEQ and
+Dataset sources (`dataset_path`): None = the task's default (default_data_file() for D4RL locomotion, TAP ultra
+and NeoRL, and for AntMaze and *-random when D4RL's file is there: the paper's data; else a Minari dataset,
+generated automatically for the datasets this project makes), a Minari id (e.g. "D4RL/antmaze/umaze-v1",
+"mujoco/hopper/medium-v0"), a D4RL-format .hdf5 file (D4RL locomotion/antmaze, TAP antmaze-ultra) or a NeoRL .npz file. The reward LEQ and
 FQE train on is `rewards * reward_scale + reward_shift` (leq-spec §1); `rewards` stay raw for the world model.
 """
 import hashlib
@@ -673,9 +673,9 @@ def load_dataset(task: Task, dataset_path: str | None = None, download: bool = F
 
 
 def default_data_file(task: Task) -> Path:
-    """Where a task without a Minari default reads its file when no path is given: D4RL's own download folder
-    ($D4RL_DATASET_DIR, else ~/.d4rl/datasets) for D4RL and TAP files, $NEORL_DATASET_DIR (else
-    ~/.neorl/datasets) for NeoRL's, so a sweep over env ids needs no per-task path."""
+    """The task's file in the default folders, read when no path is given (see load_dataset): D4RL's own download
+    folder ($D4RL_DATASET_DIR, else ~/.d4rl/datasets) for D4RL and TAP files, $NEORL_DATASET_DIR (else
+    ~/.neorl/datasets) for NeoRL's; so a sweep over env ids needs no per-task path."""
     if task.family == "neorl":
         folder = os.environ.get("NEORL_DATASET_DIR") or "~/.neorl/datasets"
         return Path(folder).expanduser() / f"{task.env_id}-1000-train-noise.npz"
