@@ -565,8 +565,8 @@ def make_d4rl_antmaze_env(maze: str, seed: int | None = None, eval_goal_variant:
 Dataset sources (`dataset_path`): None = the task's default (default_data_file() for D4RL locomotion, TAP ultra
 and NeoRL, and for AntMaze and *-random when D4RL's file is there: the paper's data; else a Minari dataset,
 generated automatically for the datasets this project makes), a Minari id (e.g. "D4RL/antmaze/umaze-v1",
-"mujoco/hopper/medium-v0"), a D4RL-format .hdf5 file (D4RL locomotion/antmaze, TAP antmaze-ultra) or a NeoRL .npz file. The reward LEQ and
-FQE train on is `rewards * reward_scale + reward_shift` (leq-spec §1); `rewards` stay raw for the world model.
+"mujoco/hopper/medium-v0"), a D4RL-format .hdf5 file (D4RL locomotion/antmaze, TAP antmaze-ultra) or a NeoRL
+.npz file. The reward LEQ and FQE train on is `rewards * reward_scale + reward_shift` (leq-spec §1); `rewards` stay raw for the world model.
 """
 import hashlib
 import warnings
