@@ -7,7 +7,7 @@ A run dir is one that leq_state.py or leq_pixel.py wrote: config.json and eval.c
 Rows are (experiment = --exp-name, which the sweep files set to their name; task; setting = the arguments that
 differ between that task's runs, e.g. tau=0.3). Ours: mean +- std (numpy's, ddof=0) over seeds of each run's final
 score (the leq_final row, normalised x100 as the scripts report it); runs without one (unfinished) are left out
-and counted. One learning-curve PNG per row: the periodic and final evaluations of each seed, and their mean.
+and counted. The BC policy's final score (leq_state.py's bc row) comes last, over the same runs. One learning-curve PNG per row: the periodic and final evaluations of each seed, and their mean.
 """
 
 import argparse
@@ -115,8 +115,9 @@ def read_run(run_dir: Path) -> dict:
     with open(run_dir / "eval.csv") as file:
         rows = [{**row, "step": int(row["step"]), "mean": float(row["mean"])} for row in csv.DictReader(file)]
     final = [row["mean"] for row in rows if row["policy"] == "leq_final"]
+    bc = [row["mean"] for row in rows if row["policy"] == "bc"]
     return {"dir": run_dir, "config": config, "curve": [(r["step"], r["mean"]) for r in rows if r["policy"] != "bc"],
-            "final": final[-1] if final else None}
+            "final": final[-1] if final else None, "bc": bc[-1] if bc else None}
 
 
 def group_runs(runs: list) -> dict:
@@ -139,14 +140,19 @@ def paper_score(experiment: str, env_id: str, setting: str) -> str:
     return f"{score[0]:.1f} ± {score[1]:.1f}" if score else "—"
 
 
+def mean_std(scores: list) -> str:
+    return f"{np.mean(scores):.1f} ± {np.std(scores):.1f}" if scores else "—"
+
+
 def markdown_table(groups: dict) -> str:
-    lines = ["| experiment | task | setting | ours (final score) | paper (LEQ) | seeds | unfinished |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| experiment | task | setting | ours (final score) | paper (LEQ) | seeds | unfinished | BC policy (ours) |",
+             "|---|---|---|---|---|---|---|---|"]
     for (experiment, env_id, setting), runs in groups.items():
         finals = [run["final"] for run in runs if run["final"] is not None]
-        ours = f"{np.mean(finals):.1f} ± {np.std(finals):.1f}" if finals else "—"
-        lines.append(f"| {experiment} | {env_id} | {setting or '—'} | {ours} | "
-                     f"{paper_score(experiment, env_id, setting)} | {len(finals)} | {len(runs) - len(finals)} |")
+        bc = [run["bc"] for run in runs if run["final"] is not None and run["bc"] is not None]
+        lines.append(f"| {experiment} | {env_id} | {setting or '—'} | {mean_std(finals)} | "
+                     f"{paper_score(experiment, env_id, setting)} | {len(finals)} | {len(runs) - len(finals)} | "
+                     f"{mean_std(bc)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -36,7 +36,7 @@ def test_two_tiny_runs_through_the_launcher_then_aggregated(tmp_path, monkeypatc
 
     text = results.main([str(tmp_path / "runs"), "--out", str(tmp_path / "results" / "table.md")])
     (row,) = [line for line in text.splitlines() if line.startswith("| tiny |")]
-    experiment, task, setting, ours, paper, seeds, unfinished = [cell.strip() for cell in row.strip("|").split("|")]
+    experiment, task, setting, ours, paper, seeds, unfinished, bc = [cell.strip() for cell in row.strip("|").split("|")]
     assert (task, setting, paper, seeds, unfinished) == ("pointmaze-umaze-diverse", "—", "—", "2", "0")
     finals = [float(line.split(",")[3]) for run in (tmp_path / "runs").iterdir()
               for line in (run / "eval.csv").read_text().splitlines() if ",leq_final," in line]
