@@ -40,8 +40,8 @@ class Args:
     env_id: str = "walker_walk-random"
     """V-D4RL task '{domain}_{task}-{dataset}', e.g. cheetah_run-medium_expert; picks tau (paper Table 13)"""
     dataset_path: str | None = None
-    """folder of V-D4RL 64px *.npz episodes or 84px *.hdf5 shards (e.g. vd4rl_data/main/walker_walk/random/64px);
-    with --collect, the folder to write"""
+    """folder of V-D4RL 64px *.npz episodes or 84px *.hdf5 shards; None = V-D4RL's own layout in the working
+    folder, vd4rl_data/main/{domain}_{task}/{dataset}/64px; with --collect, the folder to write"""
     collect: bool = False
     """write a random-policy dataset in V-D4RL format to --dataset-path from dm_control, then exit"""
     collect_episodes: int = 10
@@ -125,6 +125,7 @@ class Args:
 # ==== mirror: common (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
 import contextlib
 import fcntl
+import json
 import math
 
 
@@ -298,6 +299,42 @@ def refuse_other_dataset(checkpoint: dict, fingerprint: str, path) -> None:
         )
 
 
+def new_run_name(env_id: str, exp_name: str, seed: int) -> str:
+    """CleanRL's run name plus a random suffix, so that runs of a sweep started in the same second never share
+    a run dir."""
+    return f"{env_id}__{exp_name}__{seed}__{int(time.time())}_{os.urandom(3).hex()}"
+
+
+EVAL_CSV_HEADER = "step,policy,episodes,mean,std"  # policy: leq (periodic), leq_final, bc
+
+
+def write_run_config(run_dir, args, **resolved) -> None:
+    """runs/<run_name>/config.json: every argument, the values resolved from them (e.g. tau from the env id)
+    and the software versions, written when the run starts."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {"args": dict(vars(args)), **resolved, "software": software_versions()}
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+
+
+def eval_csv_writer(run_dir, rows: list):
+    """Rewrite runs/<run_name>/eval.csv with `rows` (a resumed run's checkpointed evaluations, so no row is
+    written twice) and return append(row), which adds one evaluation row and closes (flushes) the file."""
+    path = Path(run_dir) / "eval.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join([EVAL_CSV_HEADER + "\n", *map(_eval_csv_line, rows)]))
+
+    def append(row: dict) -> None:
+        with open(path, "a") as file:
+            file.write(_eval_csv_line(row))
+
+    return append
+
+
+def _eval_csv_line(row: dict) -> str:
+    return ",".join(str(row.get(key, "")) for key in EVAL_CSV_HEADER.split(",")) + "\n"
+
+
 def init_tracking(args, run_name: str):
     """A wandb run when --track is given (CleanRL conventions: project, entity, run name, config), else None."""
     if not args.track:
@@ -371,6 +408,12 @@ def parse_env_id(env_id: str) -> tuple[str, str, str]:
             f"--env-id {env_id!r} is not '{{domain}}_{{task}}-{{dataset}}'; known V-D4RL ids: {sorted(TABLE13_TAU)}"
         )
     return domain, task_name, dataset
+
+
+def default_dataset_path(env_id: str) -> str:
+    """Where V-D4RL's download (huggingface.co/datasets/conglu/vd4rl) keeps the 64px data of a task."""
+    domain, task_name, dataset = parse_env_id(env_id)
+    return f"vd4rl_data/main/{domain}_{task_name}/{dataset}/64px"
 
 
 def task_tau(env_id: str, tau: float | None) -> float:
@@ -497,7 +540,8 @@ def load_vd4rl(dataset_path: str | None) -> PixelData:
         )
     folder = Path(dataset_path)
     if not folder.is_dir():
-        raise SystemExit(f"--dataset-path {folder} is not a folder (it should hold V-D4RL *.npz or *.hdf5 files).")
+        raise SystemExit(f"--dataset-path {folder} is not a folder (it should hold V-D4RL *.npz or *.hdf5 files; "
+                         "download them from huggingface.co/datasets/conglu/vd4rl).")
     npz_files, hdf5_files = sorted(folder.glob("*.npz")), sorted(folder.glob("*.hdf5"))
     if npz_files and hdf5_files:
         raise SystemExit(f"{folder} holds both *.npz and *.hdf5 files; point --dataset-path at the 64px or the 84px folder.")
@@ -1165,13 +1209,13 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_run(path, args, data, phase, wm, agent, wm_updater, agent_updater) -> None:
+def save_run(path, args, data, phase, wm, agent, wm_updater, agent_updater, history: list) -> None:
     atomic_save(dict(
         kind="leq_pixel", fingerprint=data.fingerprint, args=asdict(args), phase=phase,
         world_model=wm.state_dict(), agent=agent.state_dict(),
         wm_optimizer=wm_updater.optimizer.state_dict(), wm_step=wm_updater.step,
         agent_optimizer=agent_updater.optimizer.state_dict(), agent_step=agent_updater.step,
-        rng=rng_state(), versions=software_versions(),
+        rng=rng_state(), versions=software_versions(), history=history,
     ), path)
 
 
@@ -1219,12 +1263,12 @@ def train_phase(name, updater, replay, total, log, args, on_step=None, save=None
         progress.update(1)
         if step % args.log_every == 0 or step == total or step == 1:
             stop_if_diverged(name, step, log.write(name, step, metrics, progress), updater.params, last_good)
+        if evaluate_fn is not None and (step % args.eval_every == 0 and step < total):
+            evaluate_fn(step)  # before the checkpoint of the same step, which then holds this evaluation
         if save is not None and (step % args.save_every == 0 or step == total):
             stop_if_diverged(name, step, {}, updater.params, last_good)
             save()
             last_good = f"{checkpoint_path} ({name} step {step})"
-        if evaluate_fn is not None and (step % args.eval_every == 0 and step < total):
-            evaluate_fn(step)
     progress.close()
 
 
@@ -1255,7 +1299,7 @@ def main(args: Args) -> None:
         return
     tau = task_tau(args.env_id, args.tau)
     seed_everything(args.seed)
-    data = load_vd4rl(args.dataset_path)
+    data = load_vd4rl(args.dataset_path or default_dataset_path(args.env_id))
     act_dim = data.actions.shape[1]
     replay = Replay(data, args.batch_size, args.batch_length, device)
     print(f"{args.env_id}: {len(data.rewards)} steps, {int(data.is_first.sum())} episodes from {data.source}; tau={tau}")
@@ -1268,7 +1312,7 @@ def main(args: Args) -> None:
     agent_params = [*agent.actor.parameters(), *agent.critic.parameters(), *agent.value.parameters()]
     agent_updater = Updater(lambda batch: behaviour_loss(wm, agent, batch, args, tau), agent_params, args, args.steps, device)
 
-    phase = "world_model"
+    phase, history = "world_model", []  # history: the evaluations as eval.csv rows
     if args.resume:
         checkpoint = load_checkpoint(args.resume, "leq_pixel", data.fingerprint, device)
         wm.load_state_dict(checkpoint["world_model"])
@@ -1277,13 +1321,17 @@ def main(args: Args) -> None:
         agent_updater.optimizer.load_state_dict(checkpoint["agent_optimizer"])
         wm_updater.step, agent_updater.step, phase = checkpoint["wm_step"], checkpoint["agent_step"], checkpoint["phase"]
         set_rng_state(checkpoint["rng"])
+        history = checkpoint.get("history", [])
         run_dir = Path(args.resume).parent
         print(f"resuming {run_dir} in phase {phase} (world model step {wm_updater.step}, behaviour step {agent_updater.step})")
     else:
-        run_dir = Path("runs") / f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = Path("runs") / new_run_name(args.env_id, args.exp_name, args.seed)
+    write_run_config(run_dir, args, env_id=args.env_id, seed=args.seed, tau=tau, run_name=run_dir.name,
+                     dataset=data.source, dataset_fingerprint=data.fingerprint)
+    append_eval_row = eval_csv_writer(run_dir, history)
     log = MetricLog(run_dir, init_tracking(args, run_dir.name))
-    save = lambda: save_run(run_dir / "checkpoint.pt", args, data, phase, wm, agent, wm_updater, agent_updater)  # noqa: E731
+    save = lambda: save_run(  # noqa: E731
+        run_dir / "checkpoint.pt", args, data, phase, wm, agent, wm_updater, agent_updater, history)
 
     wm_path = Path(args.world_model_path) if args.world_model_path else default_world_model_path(args, data.fingerprint)
     if phase == "world_model" and wm_path.is_file():
@@ -1301,16 +1349,19 @@ def main(args: Args) -> None:
 
     wm.requires_grad_(False)  # frozen: only the actor, critic and value train from here on
 
-    def evaluate_and_log(step):
+    def evaluate_and_log(step, policy="leq"):
         result = evaluate(wm, agent, args, args.eval_episodes, args.seed + 10_000, device)
         log.write("eval", step, {"score": torch.tensor(result["mean"]), "score_std": torch.tensor(result["std"])})
+        row = {"step": step, "policy": policy, "episodes": args.eval_episodes, "mean": result["mean"], "std": result["std"]}
+        history.append(row)
+        append_eval_row(row)
         print(f"behaviour step {step}: score {result['mean']:.1f} +- {result['std']:.1f} over {args.eval_episodes} episodes")
         return result
 
     train_phase("behaviour", agent_updater, replay, args.steps, log, args,
                 on_step=lambda: soft_update_(agent.slow_critic, agent.critic, args.slow_critic_fraction),
                 save=save, evaluate_fn=evaluate_and_log, checkpoint_path=run_dir / "checkpoint.pt")
-    result = evaluate_and_log(agent_updater.step)
+    result = evaluate_and_log(agent_updater.step, policy="leq_final")
     (run_dir / "final_eval.json").write_text(json.dumps(result))
     print(f"final score {result['mean']:.1f} +- {result['std']:.1f}; run saved in {run_dir}")
 

@@ -151,6 +151,7 @@ PRESETS = {
 # ==== mirror: common (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
 import contextlib
 import fcntl
+import json
 import math
 
 
@@ -322,6 +323,42 @@ def refuse_other_dataset(checkpoint: dict, fingerprint: str, path) -> None:
             f"{path} was trained on another dataset (fingerprint {checkpoint.get('fingerprint')}, this dataset "
             f"is {fingerprint}). Pass the checkpoint trained on this data, or retrain on it."
         )
+
+
+def new_run_name(env_id: str, exp_name: str, seed: int) -> str:
+    """CleanRL's run name plus a random suffix, so that runs of a sweep started in the same second never share
+    a run dir."""
+    return f"{env_id}__{exp_name}__{seed}__{int(time.time())}_{os.urandom(3).hex()}"
+
+
+EVAL_CSV_HEADER = "step,policy,episodes,mean,std"  # policy: leq (periodic), leq_final, bc
+
+
+def write_run_config(run_dir, args, **resolved) -> None:
+    """runs/<run_name>/config.json: every argument, the values resolved from them (e.g. tau from the env id)
+    and the software versions, written when the run starts."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {"args": dict(vars(args)), **resolved, "software": software_versions()}
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+
+
+def eval_csv_writer(run_dir, rows: list):
+    """Rewrite runs/<run_name>/eval.csv with `rows` (a resumed run's checkpointed evaluations, so no row is
+    written twice) and return append(row), which adds one evaluation row and closes (flushes) the file."""
+    path = Path(run_dir) / "eval.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join([EVAL_CSV_HEADER + "\n", *map(_eval_csv_line, rows)]))
+
+    def append(row: dict) -> None:
+        with open(path, "a") as file:
+            file.write(_eval_csv_line(row))
+
+    return append
+
+
+def _eval_csv_line(row: dict) -> str:
+    return ",".join(str(row.get(key, "")) for key in EVAL_CSV_HEADER.split(",")) + "\n"
 
 
 def init_tracking(args, run_name: str):
@@ -639,10 +676,11 @@ def make_d4rl_antmaze_env(maze: str, seed: int | None = None, eval_goal_variant:
     done = make_termination_fn(task, data)(obs, act, next_obs)     # batched torch bool [B] (leq-spec §6)
     result = evaluate(task, data, policy, num_episodes=10, seed=0) # mean/std/scores/returns (x100 scores)
 
-Dataset sources (`dataset_path`): None = the task's default (a Minari dataset; generated automatically for the
-datasets this project makes), a Minari id (e.g. "D4RL/antmaze/umaze-v1", "mujoco/hopper/medium-v0"), a
-D4RL-format .hdf5 file (D4RL locomotion/antmaze, TAP antmaze-ultra) or a NeoRL .npz file. The reward LEQ and
-FQE train on is `rewards * reward_scale + reward_shift` (leq-spec §1); `rewards` stay raw for the world model.
+Dataset sources (`dataset_path`): None = the task's default (default_data_file() for D4RL locomotion, TAP ultra
+and NeoRL, and for AntMaze and *-random when D4RL's file is there: the paper's data; else a Minari dataset,
+generated automatically for the datasets this project makes), a Minari id (e.g. "D4RL/antmaze/umaze-v1",
+"mujoco/hopper/medium-v0"), a D4RL-format .hdf5 file (D4RL locomotion/antmaze, TAP antmaze-ultra) or a NeoRL
+.npz file. The reward LEQ and FQE train on is `rewards * reward_scale + reward_shift` (leq-spec §1); `rewards` stay raw for the world model.
 """
 import hashlib
 import warnings
@@ -793,9 +831,9 @@ def load_dataset(task: Task, dataset_path: str | None = None, download: bool = F
 def locate_dataset(task: Task, dataset_path: str | None = None) -> tuple[str, str]:
     """Where the task's data comes from, found without reading it: ("generate" or "minari", a Minari id), or
     ("hdf5" or "npz", a file path). A source that cannot work is refused with how to get the data."""
+    if dataset_path is None and (task.default_dataset is None or paper_data_present(task)):
+        dataset_path = str(default_data_file(task))  # when it is missing, the error below says how to get it
     if dataset_path is None:
-        if task.default_dataset is None:
-            raise SystemExit(_how_to_get_data(task))
         missing = not (minari_root() / task.default_dataset / "data").is_dir()
         return ("generate" if task.generated and missing else "minari"), task.default_dataset
     path = Path(dataset_path).expanduser()
@@ -809,6 +847,29 @@ def locate_dataset(task: Task, dataset_path: str | None = None) -> tuple[str, st
     if "/" in dataset_path and not dataset_path.endswith((".hdf5", ".h5", ".npz")):
         return "minari", dataset_path
     raise SystemExit(f"--dataset-path {dataset_path} does not exist. {_how_to_get_data(task)}")
+
+
+def default_data_file(task: Task) -> Path:
+    """The task's file in the default folders, read when no path is given (see load_dataset): D4RL's own download
+    folder ($D4RL_DATASET_DIR, else ~/.d4rl/datasets) for D4RL and TAP files, $NEORL_DATASET_DIR (else
+    ~/.neorl/datasets) for NeoRL's; so a sweep over env ids needs no per-task path."""
+    if task.family == "neorl":
+        folder = os.environ.get("NEORL_DATASET_DIR") or "~/.neorl/datasets"
+        return Path(folder).expanduser() / f"{task.env_id}-1000-train-noise.npz"
+    folder = Path(os.environ.get("D4RL_DATASET_DIR") or "~/.d4rl/datasets").expanduser()
+    if task.family == "antmaze" and task.maze == "ultra":
+        return folder / TAP_ULTRA_URL.format("True" if task.level == "diverse" else "False").rsplit("/", 1)[1]
+    if task.family == "antmaze":
+        maze = {"umaze": "u-maze", "medium": "big-maze", "large": "hardest-maze"}[task.maze]
+        starts = "False_multigoal_False" if task.env_id == "antmaze-umaze" else f"True_multigoal_{task.level == 'diverse'}"
+        return folder / f"Ant_maze_{maze}_noisy_multistart_{starts}_sparse_fixed.hdf5"  # D4RL's antmaze-*-v2 files
+    return folder / f"{task.robot}_{task.level.replace('-', '_')}-v2.hdf5"
+
+
+def paper_data_present(task: Task) -> bool:
+    """D4RL's file in the default folder for a task whose default is Minari or generated data (AntMaze, *-random):
+    the paper's data, read instead."""
+    return task.family in ("antmaze", "locomotion") and default_data_file(task).is_file()
 
 
 def _how_to_get_data(task: Task) -> str:
@@ -2808,14 +2869,16 @@ def main(args: Args) -> dict:
         data = load_dataset(task, args.dataset_path, args.download)
     if checkpoint:
         refuse_other_dataset(checkpoint, data.fingerprint, f"--resume {args.resume}")
+    run_name = checkpoint["run_name"] if checkpoint else new_run_name(args.env_id, args.exp_name, args.seed)
+    run_dir = Path("runs") / run_name
+    write_run_config(run_dir, args, env_id=args.env_id, seed=args.seed, tau=tau, run_name=run_name,
+                     dataset=data.source, dataset_fingerprint=data.fingerprint)
     tensors = transition_tensors(data, device)
     world_model = load_or_train_world_model(args, task, data, device)
     actor, critic, critic_ema = load_or_pretrain_agent(args, data, tensors, device)
     bc_actor = copy.deepcopy(actor)
 
     seed_everything(args.seed)  # the LEQ loop draws the same numbers whether the models were cached or not
-    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = Path("runs") / run_name
     tracker = init_tracking(args, run_name)
     transition = make_model_transition(world_model, args.routing, data.reward_scale, data.reward_shift)
     terminated = make_termination_fn(task, data, args.goal_radius)
@@ -2838,6 +2901,7 @@ def main(args: Args) -> dict:
             buffer.load_state_dict(checkpoint["buffer"])
         history, start_step = checkpoint["history"], checkpoint["step"]
         set_rng_states(checkpoint["rng"])
+    append_eval_row = eval_csv_writer(run_dir, history["eval"])
     # built after loading: the optimiser's state_dict brings its own learning-rate tensor
     update, step_count = make_leq_update(actor, critic, critic_ema, actor_optimizer, critic_optimizer, tensors,
                                          sample_starts, transition, terminated, args, tau)
@@ -2854,9 +2918,11 @@ def main(args: Args) -> dict:
         if bad:
             raise SystemExit(divergence_message(step, bad, last_good))
 
-    def evaluate_policy(policy_actor, episodes: int, step: int) -> dict:
+    def evaluate_policy(policy_actor, policy: str, episodes: int, step: int) -> dict:
+        """One evaluation as an eval.csv row: {step, policy, episodes, mean, std} (scores x100)."""
         result = evaluate(task, data, numpy_policy(policy_actor, device), episodes, seed=args.seed + step)
-        return {"mean": float(result["mean"]), "std": float(result["std"])}
+        return {"step": step, "policy": policy, "episodes": episodes, "mean": float(result["mean"]),
+                "std": float(result["std"])}
 
     last_score = history["eval"][-1]["mean"] if history["eval"] else float("nan")
     sums, count, last_time = None, 0, time.perf_counter()
@@ -2872,8 +2938,10 @@ def main(args: Args) -> dict:
         count += 1
         if step % args.eval_interval == 0 and step < args.total_steps:
             stop_if_diverged(step, {})
-            last_score = evaluate_policy(actor, args.eval_episodes, step)["mean"]
-            history["eval"].append({"step": step, "mean": last_score})
+            row = evaluate_policy(actor, "leq", args.eval_episodes, step)
+            history["eval"].append(row)
+            append_eval_row(row)
+            last_score = row["mean"]
             if tracker is not None:
                 tracker.log({"eval/score": last_score}, step=step)
         if step % args.log_interval == 0 or step == args.total_steps:
@@ -2896,10 +2964,13 @@ def main(args: Args) -> dict:
             last_good = (run_dir / "checkpoint.pt", step)
     bar.close()
 
-    final = evaluate_policy(actor, args.final_eval_episodes, args.total_steps)
+    final = evaluate_policy(actor, "leq_final", args.final_eval_episodes, args.total_steps)
     history["final"] = final
+    append_eval_row(final)
     if history.get("bc_score") is None and args.pretrain:
-        history["bc_score"] = evaluate_policy(bc_actor, args.final_eval_episodes, args.total_steps)
+        history["bc_score"] = evaluate_policy(bc_actor, "bc", args.final_eval_episodes, args.total_steps)
+    if history.get("bc_score"):
+        append_eval_row(history["bc_score"])
     print(f"final score over {args.final_eval_episodes} episodes: {final['mean']:.1f} +- {final['std']:.1f}"
           + (f" (BC policy: {history['bc_score']['mean']:.1f})" if history.get("bc_score") else ""))
     save_leq_checkpoint(run_dir / "checkpoint.pt", args.total_steps, run_name, data.fingerprint, args, modules, buffer,

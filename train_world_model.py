@@ -85,6 +85,7 @@ class Args:
 # ==== mirror: common (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
 import contextlib
 import fcntl
+import json
 import math
 
 
@@ -256,6 +257,42 @@ def refuse_other_dataset(checkpoint: dict, fingerprint: str, path) -> None:
             f"{path} was trained on another dataset (fingerprint {checkpoint.get('fingerprint')}, this dataset "
             f"is {fingerprint}). Pass the checkpoint trained on this data, or retrain on it."
         )
+
+
+def new_run_name(env_id: str, exp_name: str, seed: int) -> str:
+    """CleanRL's run name plus a random suffix, so that runs of a sweep started in the same second never share
+    a run dir."""
+    return f"{env_id}__{exp_name}__{seed}__{int(time.time())}_{os.urandom(3).hex()}"
+
+
+EVAL_CSV_HEADER = "step,policy,episodes,mean,std"  # policy: leq (periodic), leq_final, bc
+
+
+def write_run_config(run_dir, args, **resolved) -> None:
+    """runs/<run_name>/config.json: every argument, the values resolved from them (e.g. tau from the env id)
+    and the software versions, written when the run starts."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {"args": dict(vars(args)), **resolved, "software": software_versions()}
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+
+
+def eval_csv_writer(run_dir, rows: list):
+    """Rewrite runs/<run_name>/eval.csv with `rows` (a resumed run's checkpointed evaluations, so no row is
+    written twice) and return append(row), which adds one evaluation row and closes (flushes) the file."""
+    path = Path(run_dir) / "eval.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join([EVAL_CSV_HEADER + "\n", *map(_eval_csv_line, rows)]))
+
+    def append(row: dict) -> None:
+        with open(path, "a") as file:
+            file.write(_eval_csv_line(row))
+
+    return append
+
+
+def _eval_csv_line(row: dict) -> str:
+    return ",".join(str(row.get(key, "")) for key in EVAL_CSV_HEADER.split(",")) + "\n"
 
 
 def init_tracking(args, run_name: str):
@@ -573,10 +610,11 @@ def make_d4rl_antmaze_env(maze: str, seed: int | None = None, eval_goal_variant:
     done = make_termination_fn(task, data)(obs, act, next_obs)     # batched torch bool [B] (leq-spec §6)
     result = evaluate(task, data, policy, num_episodes=10, seed=0) # mean/std/scores/returns (x100 scores)
 
-Dataset sources (`dataset_path`): None = the task's default (a Minari dataset; generated automatically for the
-datasets this project makes), a Minari id (e.g. "D4RL/antmaze/umaze-v1", "mujoco/hopper/medium-v0"), a
-D4RL-format .hdf5 file (D4RL locomotion/antmaze, TAP antmaze-ultra) or a NeoRL .npz file. The reward LEQ and
-FQE train on is `rewards * reward_scale + reward_shift` (leq-spec §1); `rewards` stay raw for the world model.
+Dataset sources (`dataset_path`): None = the task's default (default_data_file() for D4RL locomotion, TAP ultra
+and NeoRL, and for AntMaze and *-random when D4RL's file is there: the paper's data; else a Minari dataset,
+generated automatically for the datasets this project makes), a Minari id (e.g. "D4RL/antmaze/umaze-v1",
+"mujoco/hopper/medium-v0"), a D4RL-format .hdf5 file (D4RL locomotion/antmaze, TAP antmaze-ultra) or a NeoRL
+.npz file. The reward LEQ and FQE train on is `rewards * reward_scale + reward_shift` (leq-spec §1); `rewards` stay raw for the world model.
 """
 import hashlib
 import warnings
@@ -727,9 +765,9 @@ def load_dataset(task: Task, dataset_path: str | None = None, download: bool = F
 def locate_dataset(task: Task, dataset_path: str | None = None) -> tuple[str, str]:
     """Where the task's data comes from, found without reading it: ("generate" or "minari", a Minari id), or
     ("hdf5" or "npz", a file path). A source that cannot work is refused with how to get the data."""
+    if dataset_path is None and (task.default_dataset is None or paper_data_present(task)):
+        dataset_path = str(default_data_file(task))  # when it is missing, the error below says how to get it
     if dataset_path is None:
-        if task.default_dataset is None:
-            raise SystemExit(_how_to_get_data(task))
         missing = not (minari_root() / task.default_dataset / "data").is_dir()
         return ("generate" if task.generated and missing else "minari"), task.default_dataset
     path = Path(dataset_path).expanduser()
@@ -743,6 +781,29 @@ def locate_dataset(task: Task, dataset_path: str | None = None) -> tuple[str, st
     if "/" in dataset_path and not dataset_path.endswith((".hdf5", ".h5", ".npz")):
         return "minari", dataset_path
     raise SystemExit(f"--dataset-path {dataset_path} does not exist. {_how_to_get_data(task)}")
+
+
+def default_data_file(task: Task) -> Path:
+    """The task's file in the default folders, read when no path is given (see load_dataset): D4RL's own download
+    folder ($D4RL_DATASET_DIR, else ~/.d4rl/datasets) for D4RL and TAP files, $NEORL_DATASET_DIR (else
+    ~/.neorl/datasets) for NeoRL's; so a sweep over env ids needs no per-task path."""
+    if task.family == "neorl":
+        folder = os.environ.get("NEORL_DATASET_DIR") or "~/.neorl/datasets"
+        return Path(folder).expanduser() / f"{task.env_id}-1000-train-noise.npz"
+    folder = Path(os.environ.get("D4RL_DATASET_DIR") or "~/.d4rl/datasets").expanduser()
+    if task.family == "antmaze" and task.maze == "ultra":
+        return folder / TAP_ULTRA_URL.format("True" if task.level == "diverse" else "False").rsplit("/", 1)[1]
+    if task.family == "antmaze":
+        maze = {"umaze": "u-maze", "medium": "big-maze", "large": "hardest-maze"}[task.maze]
+        starts = "False_multigoal_False" if task.env_id == "antmaze-umaze" else f"True_multigoal_{task.level == 'diverse'}"
+        return folder / f"Ant_maze_{maze}_noisy_multistart_{starts}_sparse_fixed.hdf5"  # D4RL's antmaze-*-v2 files
+    return folder / f"{task.robot}_{task.level.replace('-', '_')}-v2.hdf5"
+
+
+def paper_data_present(task: Task) -> bool:
+    """D4RL's file in the default folder for a task whose default is Minari or generated data (AntMaze, *-random):
+    the paper's data, read instead."""
+    return task.family in ("antmaze", "locomotion") and default_data_file(task).is_file()
 
 
 def _how_to_get_data(task: Task) -> str:

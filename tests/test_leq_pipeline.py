@@ -1,6 +1,8 @@
 """leq_state.py end to end on tiny generated PointMaze data: expansions, evaluation and checkpoints, eager and
 compiled, and resume after an interruption ending with exactly the parameters of an uninterrupted run."""
 
+import csv
+import json
 import os
 
 import pytest
@@ -151,3 +153,45 @@ def test_actor_scaler_trainable_is_pretrained_and_cached_apart(workdir):
     assert "normalizer.mean" not in dict(fixed.named_parameters())
     reloaded, _, _ = leq_state.load_or_pretrain_agent(args, data, tensors, "cpu")  # from its own cache file
     torch.testing.assert_close(reloaded.normalizer.mean, actor.normalizer.mean, rtol=0, atol=0)
+
+
+def run_dir_of(exp_name: str) -> str:
+    (run_dir,) = [p for p in os.listdir("runs") if f"__{exp_name}__" in p]
+    return os.path.join("runs", run_dir)
+
+
+def test_run_records_config_and_every_evaluation(workdir):
+    leq_state.main(tiny_args(exp_name="records", eval_interval=20))
+    run_dir = run_dir_of("records")
+    config = json.loads(open(os.path.join(run_dir, "config.json")).read())
+    assert config["env_id"] == "pointmaze-umaze-diverse" and config["seed"] == 1
+    assert config["tau"] == leq_state.get_task("pointmaze-umaze-diverse").tau and config["args"]["tau"] is None
+    assert config["software"]["torch"] == torch.__version__ and config["args"]["total_steps"] == 60
+    with open(os.path.join(run_dir, "eval.csv")) as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == ["step", "policy", "episodes", "mean", "std"]
+    assert [(r["step"], r["policy"], r["episodes"]) for r in rows] == [
+        ("20", "leq", "2"), ("40", "leq", "2"), ("60", "leq_final", "2"), ("60", "bc", "2")]
+    assert all(0.0 <= float(r["mean"]) <= 100.0 and float(r["std"]) >= 0.0 for r in rows)
+
+
+def test_resume_rewrites_eval_csv_without_duplicate_rows(workdir, monkeypatch):
+    """Crash just before the checkpoint of step 40: eval.csv then holds evaluations 10-40 but the checkpoint of
+    step 20 only 10 and 20; the resumed run must end with exactly the rows of an uninterrupted run."""
+    leq_state.main(tiny_args(exp_name="csv_uninterrupted", eval_interval=10))
+    save = leq_state.save_leq_checkpoint
+
+    def crash_before_saving(path, step, *args, **kwargs):
+        if step == 40:
+            raise KeyboardInterrupt("simulated interruption before the checkpoint of step 40")
+        save(path, step, *args, **kwargs)
+
+    monkeypatch.setattr(leq_state, "save_leq_checkpoint", crash_before_saving)
+    with pytest.raises(KeyboardInterrupt):
+        leq_state.main(tiny_args(exp_name="csv_interrupted", eval_interval=10))
+    monkeypatch.setattr(leq_state, "save_leq_checkpoint", save)
+    run_dir = run_dir_of("csv_interrupted")
+    assert open(os.path.join(run_dir, "eval.csv")).read().count("\n") == 1 + 4  # header, steps 10 to 40
+    leq_state.main(tiny_args(resume=run_dir))
+    expected = open(os.path.join(run_dir_of("csv_uninterrupted"), "eval.csv")).read()
+    assert open(os.path.join(run_dir, "eval.csv")).read() == expected

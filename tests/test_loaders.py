@@ -207,9 +207,42 @@ def test_missing_minari_dataset_says_how_to_get_it(minari_root):
     ("antmaze-ultra-play", r"multigoal_False_sparse.hdf5"),
     ("Walker2d-v3-low", r"Walker2d-v3-low-1000-train-noise.npz.*NOT the unrelated `neorl` package"),
 ])
-def test_tasks_without_a_default_dataset_say_how_to_get_one(env_id, expected):
+def test_tasks_without_a_default_dataset_say_how_to_get_one(env_id, expected, tmp_path, monkeypatch):
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
+    monkeypatch.setenv("NEORL_DATASET_DIR", str(tmp_path))
     with pytest.raises(SystemExit, match=expected):
         cd.load_dataset(cd.get_task(env_id))
+
+
+def test_files_in_the_default_folders_are_read_without_a_path(tmp_path, monkeypatch):
+    """D4RL's own download folder ($D4RL_DATASET_DIR) and $NEORL_DATASET_DIR: a sweep needs no per-task path."""
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "d4rl"))
+    monkeypatch.setenv("NEORL_DATASET_DIR", str(tmp_path / "neorl"))
+    (tmp_path / "d4rl").mkdir()
+    write_hdf5(tmp_path / "d4rl" / "hopper_medium_replay-v2.hdf5", **good_hopper_arrays())
+    assert cd.load_dataset(cd.get_task("hopper-medium-replay")).source.endswith("d4rl/hopper_medium_replay-v2.hdf5")
+    write_hdf5(tmp_path / "d4rl" / "hopper_random-v2.hdf5", **good_hopper_arrays())  # the paper's, not generated
+    assert cd.load_dataset(cd.get_task("hopper-random")).source.endswith("d4rl/hopper_random-v2.hdf5")
+    expected = {"antmaze-ultra-diverse": "d4rl/Ant_maze_ultra_noisy_multistart_True_multigoal_True_sparse.hdf5",
+                "antmaze-umaze": "d4rl/Ant_maze_u-maze_noisy_multistart_False_multigoal_False_sparse_fixed.hdf5",
+                "antmaze-umaze-diverse": "d4rl/Ant_maze_u-maze_noisy_multistart_True_multigoal_True_sparse_fixed.hdf5",
+                "antmaze-medium-play": "d4rl/Ant_maze_big-maze_noisy_multistart_True_multigoal_False_sparse_fixed.hdf5",
+                "antmaze-large-diverse": "d4rl/Ant_maze_hardest-maze_noisy_multistart_True_multigoal_True_sparse_fixed.hdf5",
+                "HalfCheetah-v3-high": "neorl/HalfCheetah-v3-high-1000-train-noise.npz"}
+    for env_id, path in expected.items():
+        assert cd.default_data_file(cd.get_task(env_id)) == tmp_path / path
+
+
+def test_d4rl_antmaze_file_in_the_default_folder_is_read_before_minari(tmp_path, monkeypatch, minari_root):
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
+    task = cd.get_task("antmaze-umaze")
+    assert not cd.paper_data_present(task)
+    obs, _ = episodes_obs([6, 5], task.obs_dim, start_xy=(0.0, 0.0))
+    n = len(obs)
+    write_hdf5(cd.default_data_file(task), observations=obs, actions=np.zeros((n, 8), np.float32),
+               rewards=np.zeros(n, np.float32), terminals=np.zeros(n, bool), timeouts=np.arange(n) == 5)
+    assert cd.paper_data_present(task)
+    assert cd.load_dataset(task).source.endswith("Ant_maze_u-maze_noisy_multistart_False_multigoal_False_sparse_fixed.hdf5")
 
 
 def good_hopper_arrays(n=20):

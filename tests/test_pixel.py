@@ -228,6 +228,10 @@ def test_tanh_normal_log_prob_matches_torch_distributions():
     torch.testing.assert_close(lp.tanh_normal_log_prob(mean, std, x), dist.log_prob(torch.tanh(x)).sum(-1), rtol=1e-3, atol=1e-3)
 
 
+def test_default_dataset_path_is_vd4rl_layout():
+    assert lp.default_dataset_path("cheetah_run-medium_expert") == "vd4rl_data/main/cheetah_run/medium_expert/64px"
+
+
 def test_task_tau_table13_and_errors():
     assert lp.task_tau("walker_walk-random", None) == 0.5
     assert lp.task_tau("cheetah_run-medium_expert", None) == 0.5
@@ -289,6 +293,9 @@ def test_smoke_pipeline_collect_pretrain_behaviour_eval_resume(tmp_path, monkeyp
     final = json.loads((run_dir / "final_eval.json").read_text())
     assert len(final["scores"]) == 1 and 0 <= final["scores"][0] <= 100
     assert (tmp_path / "wm.pt").is_file() and (run_dir / "checkpoint.pt").is_file()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["tau"] == lp.TABLE13_TAU["walker_walk-random"] and config["args"]["steps"] == 3
+    assert eval_rows(run_dir) == [["step", "policy", "episodes", "mean", "std"], ["3", "leq_final", "1", *final_pair(final)]]
 
     resumed = replace(args, steps=5, resume=str(run_dir / "checkpoint.pt"), eval_episode_steps=3)
     lp.main(resumed)
@@ -297,6 +304,16 @@ def test_smoke_pipeline_collect_pretrain_behaviour_eval_resume(tmp_path, monkeyp
     assert [line["step"] for line in lines if line["phase"] == "behaviour"] == [1, 2, 3, 4, 5]
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert checkpoint["agent_step"] == 5 and checkpoint["phase"] == "behaviour"
+    final = json.loads((run_dir / "final_eval.json").read_text())
+    assert eval_rows(run_dir)[1:] == [["5", "leq_final", "1", *final_pair(final)]]  # the step-3 final is superseded
+
+
+def eval_rows(run_dir) -> list:
+    return [line.split(",") for line in (run_dir / "eval.csv").read_text().splitlines()]
+
+
+def final_pair(final: dict) -> list:
+    return [str(final["mean"]), str(final["std"])]
 
 
 def test_run_refuses_checkpoint_of_other_data(tmp_path, monkeypatch):
