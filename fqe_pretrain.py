@@ -40,7 +40,7 @@ class Args:
     """'auto', 'cpu' or 'cuda'"""
     compile: bool | None = None
     """torch.compile the BC and FQE steps; default: on for CUDA, and on the CPU for a phase of at least 20k steps,
-    where it repays its compile time (README, Speed); --compile / --no-compile override"""
+    where it repays its compile time (README, Speed); --compile True / --compile False override"""
     cudagraphs: bool = False
     """capture the compiled steps as CUDA graphs (CUDA only)"""
     track: bool = False

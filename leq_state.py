@@ -45,7 +45,7 @@ class Args:
     """'auto', 'cpu' or 'cuda'"""
     compile: bool | None = None
     """torch.compile the update step; default: on for CUDA, off for the CPU (there a cold compile takes minutes and
-    the compiled step is barely faster: README, Speed); --compile / --no-compile override"""
+    the compiled step is barely faster: README, Speed); --compile True / --compile False override"""
     cudagraphs: bool = False
     """capture the update step as CUDA graphs (CUDA only)"""
     track: bool = False

@@ -38,7 +38,7 @@ class Args:
     """'auto', 'cpu' or 'cuda'"""
     compile: bool | None = None
     """torch.compile the training step; default: on (CUDA, and the CPU where it measured faster per epoch, compile
-    included: README, Speed); --compile / --no-compile override"""
+    included: README, Speed); --compile True / --compile False override"""
     cudagraphs: bool = False
     """capture the compiled training step as CUDA graphs (CUDA only)"""
     torch_threads: int = 0
