@@ -12,6 +12,10 @@ The other scripts (train_world_model.py, fqe_pretrain.py, leq_state.py) call the
 another size, seed or location. After writing, it loads the dataset back and prints what the loaders see.
 """
 
+import contextlib
+import fcntl
+import json
+import math
 import os
 import random
 import sys
@@ -44,44 +48,32 @@ class Args:
     None = the default 0.2; 0 restores Minari-style planner-only data, written under the -v1 id"""
 
 
+def main(args: Args) -> None:
+    refuse(out_of_range(args, positive=("steps",)))  # generate_dataset refuses env ids it cannot make before work
+    if args.datasets_path is not None:
+        os.environ["MINARI_DATASETS_PATH"] = str(Path(args.datasets_path).expanduser().resolve())
+    task = get_task(args.env_id)
+    seed_everything(args.seed)
+    start = time.perf_counter()
+    share = POINTMAZE_RANDOM_ACTION_SHARE if args.random_action_share is None else args.random_action_share
+    if not 0.0 <= share < 1.0:
+        raise SystemExit(f"--random-action-share must be in [0, 1), got {share}.")
+    dataset_id = generate_dataset(task, args.steps, args.seed, args.force, args.dataset_id, share)
+    elapsed = time.perf_counter() - start
+    print(f"wrote {minari_root() / dataset_id} in {elapsed:.1f} s ({1e6 * elapsed / args.steps:.0f} us/step)")
+    data = load_dataset(task, dataset_id)
+    print(f"read back: {len(data)} transitions, {int(data.episode_ends.sum())} trajectories, "
+          f"{int(data.terminals.sum())} terminals, mean raw reward {data.rewards.mean():.4f}, "
+          f"fingerprint {data.fingerprint[:10]}")
+
+
+# =================================================================================================================
+# Support code. Everything below is mirrored: each block is identical in the scripts its header names
+# (edit one copy, then `python tools/sync_mirrors.py <script> -b NAME`; tests/test_mirrors.py checks).
+# =================================================================================================================
+
+
 # ==== mirror: common (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
-import contextlib
-import fcntl
-import json
-import math
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when torch sees a GPU, else the CPU; an explicit 'cuda' without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(
-            f"--device {name} was asked for, but torch {torch.__version__} sees no CUDA device "
-            f"(built with CUDA {torch.version.cuda}). Run with --device cpu, or install a CUDA build of torch."
-        )
-    return device
-
-
-def check_device(args) -> torch.device:
-    """The device --device names, after refusing the CUDA-only flags (--cudagraphs, --bf16) anywhere else."""
-    device = resolve_device(args.device)
-    for flag in ("cudagraphs", "bf16"):
-        if getattr(args, flag, False) and device.type != "cuda":
-            raise SystemExit(f"{os.path.basename(__file__)}: --{flag} needs a CUDA device, but the device is "
-                             f"{device}. Drop --{flag}.")
-    return device
-
-
-def resolve_compile(use_compile: bool | None, device: torch.device, on_cpu: bool = False) -> bool:
-    """--compile, or its default (None): on for CUDA; on the CPU `on_cpu`, the script's measured choice (README,
-    Speed: a CPU compile takes minutes and the compiled LEQ step is barely faster)."""
-    if use_compile is not None:
-        return use_compile
-    return device.type == "cuda" or on_cpu
-
-
 def out_of_range(args, positive=(), non_negative=(), fractions=(), rates=(), open_fractions=()) -> list[str]:
     """One message per field of `args` outside its range: positive (> 0), non_negative (>= 0), fractions
     (0 <= x <= 1), rates (0 < x <= 1), open_fractions (0 < x < 1). Fields set to None (a default chosen later)
@@ -104,201 +96,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-# mode="reduce-overhead", except that inductor raises where it would silently skip capturing a graph
-CUDAGRAPH_COMPILE_OPTIONS = {"triton.cudagraphs": True, "triton.cudagraph_or_error": True}
-
-
-def compile_step(fn, use_compile: bool, use_cudagraphs: bool, device: torch.device):
-    """The same step function eager, compiled, or compiled and captured as CUDA graphs.
-
-    CUDA-graph capture is asked for explicitly and fails loudly where it cannot work (no CUDA device here;
-    on CUDA, inductor's error at the first call names the op it cannot capture). Outputs of a captured step
-    are overwritten by the next call: clone what must outlive it."""
-    if use_cudagraphs and device.type != "cuda":
-        raise SystemExit(f"--cudagraphs needs a CUDA device, but the device is {device}. Drop --cudagraphs.")
-    if use_cudagraphs:
-        return torch.compile(fn, options=CUDAGRAPH_COMPILE_OPTIONS)
-    return torch.compile(fn) if use_compile else fn
-
-
-def atomic_save(obj, path) -> None:
-    """torch.save to a temporary file beside `path`, synced to disk, read back and found finite, then renamed
-    over `path` (and the folder synced): a crash, a power loss or a diverged state never replaces a good file."""
-    path = Path(path)
-    refuse_non_finite(obj, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        refuse_non_finite(torch.load(tmp, map_location="cpu", weights_only=False), path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself reaches the disk
-    finally:
-        os.close(folder)
-
-
-def non_finite(tree, name: str = "") -> list[str]:
-    """Names of the NaN/inf floats and floating-point tensors in nested dicts, lists and tuples (one read of each
-    tensor: call it at log or checkpoint time, not every step)."""
-    if isinstance(tree, dict):
-        return [bad for key, value in tree.items() for bad in non_finite(value, f"{name}.{key}" if name else str(key))]
-    if isinstance(tree, (list, tuple)):
-        return [bad for i, value in enumerate(tree) for bad in non_finite(value, f"{name}[{i}]")]
-    if isinstance(tree, torch.Tensor) and tree.is_floating_point():
-        return [] if bool(torch.isfinite(tree).all()) else [name]
-    if isinstance(tree, float):
-        return [] if math.isfinite(tree) else [name]
-    return []
-
-
-def refuse_non_finite(obj, path) -> None:
-    bad = non_finite(obj)
-    if bad:
-        raise SystemExit(f"not writing {path}: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} not finite "
-                         f"(the run diverged). The file already there, if any, is kept.")
-
-
-def lock_file(path) -> Path:
-    return Path(path).with_name(f".{Path(path).name}.lock")
-
-
-@contextlib.contextmanager
-def cache_lock(path, what: str):
-    """Hold the lock file `.<name>.lock` beside `path` (fcntl.flock, freed by the OS even if this process is
-    killed) while a cache is trained and written, so that runs started together train it once: the others wait
-    here, then load the file."""
-    lock_path = lock_file(path)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"{what}: another run is writing {path}; waiting for it to finish", flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def software_versions() -> dict:
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__}
-
-
-def load_checkpoint(path, kind: str, fingerprint: str | None, device) -> dict:
-    """Load a checkpoint written with atomic_save as {"kind": ..., "fingerprint": ..., ...}.
-
-    Refuses, with a message that says what to do, a missing file, a checkpoint of another kind, or one
-    trained on another dataset (fingerprint=None skips that check)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SystemExit(f"checkpoint {path} does not exist; check the path, or train one first.")
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=False)
-    except Exception as error:  # a truncated or foreign file: say which, not a pickle traceback
-        raise SystemExit(f"checkpoint {path} cannot be read ({type(error).__name__}: {error}).") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("kind") != kind:
-        found = checkpoint.get("kind") if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise SystemExit(f"{path} is not a {kind} checkpoint (it holds: {found}).")
-    if fingerprint is not None:
-        refuse_other_dataset(checkpoint, fingerprint, path)
-    return checkpoint
-
-
-def refuse_other_dataset(checkpoint: dict, fingerprint: str, path) -> None:
-    """Refuse, saying what to do, a checkpoint trained on data other than the one with this fingerprint."""
-    if checkpoint.get("fingerprint") != fingerprint:
-        raise SystemExit(
-            f"{path} was trained on another dataset (fingerprint {checkpoint.get('fingerprint')}, this dataset "
-            f"is {fingerprint}). Pass the checkpoint trained on this data, or retrain on it."
-        )
-
-
-def new_run_name(env_id: str, exp_name: str, seed: int) -> str:
-    """CleanRL's run name plus a random suffix, so that runs of a sweep started in the same second never share
-    a run dir."""
-    return f"{env_id}__{exp_name}__{seed}__{int(time.time())}_{os.urandom(3).hex()}"
-
-
-EVAL_CSV_HEADER = "step,policy,episodes,mean,std"  # policy: leq (periodic), leq_final, bc
-
-
-def write_run_config(run_dir, args, **resolved) -> None:
-    """runs/<run_name>/config.json: every argument, the values resolved from them (e.g. tau from the env id)
-    and the software versions, written when the run starts."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = {"args": dict(vars(args)), **resolved, "software": software_versions()}
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-
-
-def eval_csv_writer(run_dir, rows: list):
-    """Rewrite runs/<run_name>/eval.csv with `rows` (a resumed run's checkpointed evaluations, so no row is
-    written twice) and return append(row), which adds one evaluation row and closes (flushes) the file."""
-    path = Path(run_dir) / "eval.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join([EVAL_CSV_HEADER + "\n", *map(_eval_csv_line, rows)]))
-
-    def append(row: dict) -> None:
-        with open(path, "a") as file:
-            file.write(_eval_csv_line(row))
-
-    return append
-
-
-def _eval_csv_line(row: dict) -> str:
-    return ",".join(str(row.get(key, "")) for key in EVAL_CSV_HEADER.split(",")) + "\n"
-
-
-def init_tracking(args, run_name: str):
-    """A wandb run when --track is given (CleanRL conventions: project, entity, run name, config), else None."""
-    if not args.track:
-        return None
-    try:
-        import wandb
-    except ImportError:
-        raise SystemExit("--track needs wandb: pip install wandb (or drop --track).") from None
-    return wandb.init(
-        project=args.wandb_project_name, entity=args.wandb_entity, name=run_name, config=vars(args), save_code=True
-    )
 # ==== end mirror: common ====
 
 
-# ==== mirror: d4rl_antmaze (identical in d4rl_antmaze.py, collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py) ====
-import os
-import tempfile
-import xml.etree.ElementTree as ET
-
-import gymnasium
-import mujoco
-from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
-
-# D4RL's AntMaze on gymnasium's MujocoEnv. API:
-#   make_d4rl_antmaze_env(maze, seed=None, eval_goal_variant=None, render_mode=None, width=480, height=480,
-#                         max_episode_steps=None) -> gymnasium.Env (TimeLimit-wrapped D4RLAntMazeEnv)
-#       maze: "umaze" | "medium" | "large" | "ultra", or a D4RL env id ("antmaze-medium-play-v2", ...).
-#       seed seeds the first reset() called without a seed (goal sampling and reset noise).
-#       Observation: float64 [29] = qpos[:15] ++ qvel[:14] = x, y, z, quaternion (w, x, y, z), 8 joint
-#       angles, vx, vy, vz, 3 angular velocities, 8 joint velocities; xy in the D4RL frame.
-#       Action: float [8] in [-1, 1]; motor torque = 30 * action (D4RL's NormalizedBoxEnv over ctrlrange +-30).
-#       Reward 1.0 and terminated=True when the torso xy is within 0.5 of the episode's goal, else 0.0;
-#       truncated after 700 (umaze), 1000 (medium, large) or 2000 (ultra) steps. info: success, goal.
-#   d4rl_antmaze_name(env_id) -> maze name;  d4rl_antmaze_cell_xy(maze, row, col) -> cell centre (x, y)
-#   sample_d4rl_antmaze_goal(maze, variant, rng) -> goal xy;  d4rl_antmaze_goal_box(maze, variant) -> (low, high)
-#   d4rl_antmaze_xml(maze) -> the MJCF text of the ant in the maze
-#   Constants: D4RL_ANTMAZE_MAPS, D4RL_ANTMAZE_GOAL_CENTRES (leq-spec section 6 termination centres, D4RL
-#   frame), D4RL_ANTMAZE_MAX_EPISODE_STEPS, D4RL_ANTMAZE_DEFAULT_GOAL_VARIANT, D4RL_ANT_XML_CHANGES, ...
-# The D4RL frame puts (0, 0) at the centre of the start cell "r", x grows with the column and y with the
-# row: cell (row, col) has its centre at (col * 4 - col_r * 4, row * 4 - row_r * 4).
-# Sources: D4RL d4rl/locomotion/{ant.py, maze_env.py, goal_reaching_env.py, wrappers.py, __init__.py,
-# assets/ant.xml}; kwanyoungpark/LEQ d4rl_ext/locomotion/{maze_env.py, ant.py, assets/ant.xml, __init__.py}.
+# ==== mirror: d4rl_antmaze_maps (identical in d4rl_antmaze.py, collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py) ====
+# D4RL's AntMaze layouts and goal centres (the d4rl_antmaze block builds its environment from them).
 
 # The evaluation layouts: D4RL maze_env.py U_MAZE_TEST, BIG_MAZE_TEST, HARDEST_MAZE_TEST (registered
 # for antmaze-{umaze,medium,large}-*-v2) and LEQ d4rl_ext maze_env.py ULTRA_MAZE_TEST (antmaze-ultra-*-v0).
@@ -354,214 +156,7 @@ D4RL_ANTMAZE_GOAL_CENTRES = {
     "large": (32.75, 24.75),
     "ultra": (52.75, 36.75),
 }
-# D4RL __init__.py (v2 ids) and LEQ d4rl_ext __init__.py (ultra v0 ids): max_episode_steps.
-D4RL_ANTMAZE_MAX_EPISODE_STEPS = {"umaze": 700, "medium": 1000, "large": 1000, "ultra": 2000}
-D4RL_ANTMAZE_SCALING = 4.0  # metres per cell (registrations: maze_size_scaling=4.0)
-D4RL_ANTMAZE_WALL_HEIGHT = 0.5  # wall height in cells (MazeEnv default): walls are 2 m high boxes
-D4RL_ANTMAZE_SUCCESS_RADIUS = 0.5  # goal_reaching_env.py: sparse reward and eval termination iff ||xy - goal|| <= 0.5
-D4RL_ANT_FRAME_SKIP = 5  # ant.py: MujocoEnv.__init__(self, file_path, 5); with timestep 0.02 -> dt 0.1 s (10 Hz)
-D4RL_ANT_RESET_QPOS_NOISE = 0.1  # ant.py reset_model: qpos = init_qpos + U(-0.1, 0.1)
-D4RL_ANT_RESET_QVEL_NOISE = 0.1  # ant.py reset_model: qvel = init_qvel + 0.1 * N(0, 1)
-# Eval goal = goal cell + offset + U(0, s/4) + U(0, 1/2) * s/4 per axis, then max(., 0) (s = 4 m).
-#   "d4rl": maze_env.py _rowcol_to_xy / goal_sampler: offset 0, goal in cell + [0, 1.5], mean +0.75.
-#   "leq":  d4rl_ext maze_env.py subtracts s/8 in _rowcol_to_xy and s/8 from its noise: offset -s/4 = -1,
-#           goal in cell + [-1, 0.5], mean -0.25 (LEQ evaluated ultra with d4rl_ext, the others with d4rl).
-D4RL_ANTMAZE_GOAL_OFFSETS = {"d4rl": 0.0, "leq": -0.25 * D4RL_ANTMAZE_SCALING}
-D4RL_ANTMAZE_DEFAULT_GOAL_VARIANT = {"umaze": "d4rl", "medium": "d4rl", "large": "d4rl", "ultra": "leq"}
-
-# How D4RL's ant.xml (d4rl/locomotion/assets/ant.xml; LEQ's d4rl_ext copy is the same but for the floor)
-# differs from the ant.xml gymnasium 1.4.0 installs. Each row: (element path, attribute, value in
-# gymnasium's file, D4RL's value (None: attribute absent), effect / source). The builder checks the
-# gymnasium value first, so a changed gymnasium file fails loudly instead of silently giving other physics.
-D4RL_ANT_XML_CHANGES = (
-    ("option", "timestep", "0.01", "0.02", "physics: 0.02 s x frame skip 5 = dt 0.1 s (D4RL 10 Hz, gymnasium 20 Hz)"),
-    ("default/geom", "solimp", None, ".8 .8 .01", "contact impedance (MuJoCo's default is 0.9 0.95 0.001)"),
-    ("actuator/motor", "gear", "150", None, "motor gear 1 (attribute absent) instead of 150"),
-    ("actuator/motor", "ctrlrange", "-1.0 1.0", "-30.0 30.0", "torque range +-30; actions map to 30 * a"),
-    ("asset/texture[@name='texplane']", "rgb1", "0 0 0", "0.2 0.3 0.4", "visual only: floor colour"),
-    ("asset/texture[@name='texplane']", "rgb2", "0.8 0.8 0.8", "0.1 0.2 0.3", "visual only: floor colour"),
-    ("asset/material[@name='MatPlane']", "reflectance", "0.5", "0.0", "visual only: floor reflection"),
-    ("worldbody/body/geom[@name='torso_geom']", "rgba", None, "0.3 0.9 0.5 1", "visual only: green torso"),
-)
-# Same in both files (kept): RK4 integrator, joint armature 1 / damping 1 and limits, geom friction
-# 1 0.5 0.5, margin 0.01, density 5, condim 3, solref .02 1 (explicit in D4RL, MuJoCo's default in
-# gymnasium), the body tree and geom sizes. Ignored: the free joint's axis (meaningless for a free joint)
-# and gymnasium's "track" camera (no physics). The floor plane is infinite for collisions; only its drawn
-# size differs: 40 in D4RL's file, 200 in d4rl_ext's (used for ultra, whose walls reach x = 58).
-D4RL_ANTMAZE_FLOOR_SIZE = {"umaze": "40 40 40", "medium": "40 40 40", "large": "40 40 40", "ultra": "200 200 200"}
-# Remaining, unavoidable difference: D4RL ran on MuJoCo 2.x through mujoco-py, this runs on MuJoCo 3.x,
-# and D4RL drew its noise from numpy's global RandomState where this env uses its own seeded Generator.
-
-
-def d4rl_antmaze_name(env_id: str) -> str:
-    """'umaze' | 'medium' | 'large' | 'ultra' from a maze name or an id like antmaze-large-play-v2."""
-    parts = env_id.lower().split("-")
-    name = parts[1] if len(parts) > 1 and parts[0] == "antmaze" else parts[0]
-    if name not in D4RL_ANTMAZE_MAPS:
-        raise ValueError(
-            f"unknown D4RL antmaze {env_id!r}: give one of {sorted(D4RL_ANTMAZE_MAPS)} "
-            "or an id such as antmaze-umaze-v2, antmaze-medium-play-v2, antmaze-ultra-diverse-v0"
-        )
-    return name
-
-
-def _d4rl_antmaze_cells(maze: str, kind) -> list[tuple[int, int]]:
-    layout = D4RL_ANTMAZE_MAPS[maze]
-    return [(i, j) for i, row in enumerate(layout) for j, cell in enumerate(row) if cell == kind]
-
-
-def d4rl_antmaze_cell_xy(maze: str, row: int, col: int) -> np.ndarray:
-    """Centre of cell (row, col) in the D4RL frame: (0, 0) at the start cell, y grows with the row."""
-    ((start_row, start_col),) = _d4rl_antmaze_cells(maze, "r")
-    return np.array([(col - start_col) * D4RL_ANTMAZE_SCALING, (row - start_row) * D4RL_ANTMAZE_SCALING])
-
-
-def _d4rl_antmaze_variant(variant: str) -> str:
-    if variant not in D4RL_ANTMAZE_GOAL_OFFSETS:
-        raise ValueError(f"unknown eval goal variant {variant!r}: use one of {sorted(D4RL_ANTMAZE_GOAL_OFFSETS)}")
-    return variant
-
-
-def d4rl_antmaze_goal_box(maze: str, variant: str) -> tuple[np.ndarray, np.ndarray]:
-    """(low, high) corners of the square the eval goal is drawn from (the maze's one goal cell)."""
-    (goal_cell,) = _d4rl_antmaze_cells(maze, "g")
-    corner = d4rl_antmaze_cell_xy(maze, *goal_cell) + D4RL_ANTMAZE_GOAL_OFFSETS[_d4rl_antmaze_variant(variant)]
-    return np.maximum(corner, 0.0), np.maximum(corner + 0.375 * D4RL_ANTMAZE_SCALING, 0.0)
-
-
-def sample_d4rl_antmaze_goal(maze: str, variant: str, rng: np.random.Generator) -> np.ndarray:
-    """One eval goal as D4RL's goal_sampler draws it (see D4RL_ANTMAZE_GOAL_OFFSETS)."""
-    goal_cells = _d4rl_antmaze_cells(maze, "g")
-    cell = goal_cells[rng.integers(len(goal_cells))]
-    corner = d4rl_antmaze_cell_xy(maze, *cell) + D4RL_ANTMAZE_GOAL_OFFSETS[_d4rl_antmaze_variant(variant)]
-    cell_noise = rng.uniform(0.0, 0.25 * D4RL_ANTMAZE_SCALING, size=2)  # _rowcol_to_xy(add_random_noise=True)
-    extra_noise = rng.uniform(0.0, 0.5, size=2) * 0.25 * D4RL_ANTMAZE_SCALING  # goal_sampler's random_x/y
-    return np.maximum(corner + cell_noise + extra_noise, 0.0)
-
-
-def _gymnasium_ant_xml_path() -> str:
-    return os.path.join(os.path.dirname(gymnasium.envs.mujoco.__file__), "assets", "ant.xml")
-
-
-def d4rl_antmaze_xml(maze: str) -> str:
-    """D4RL's ant model (gymnasium's ant.xml with D4RL_ANT_XML_CHANGES) with the maze's walls added."""
-    tree = ET.parse(_gymnasium_ant_xml_path())
-    root = tree.getroot()
-    for path, attribute, gymnasium_value, d4rl_value, _ in D4RL_ANT_XML_CHANGES:
-        elements = root.findall(path)
-        found = {element.get(attribute) for element in elements}
-        if not elements or found != {gymnasium_value}:
-            raise RuntimeError(
-                f"gymnasium's ant.xml ({_gymnasium_ant_xml_path()}) has {path} {attribute}={sorted(map(str, found))}, "
-                f"expected {gymnasium_value!r}; this env was written for gymnasium 1.4.0 (see requirements.txt)."
-            )
-        for element in elements:
-            if d4rl_value is None:
-                del element.attrib[attribute]
-            else:
-                element.set(attribute, d4rl_value)
-    root.find("worldbody/geom[@name='floor']").set("size", D4RL_ANTMAZE_FLOOR_SIZE[maze])
-    worldbody = root.find("worldbody")
-    half_height = D4RL_ANTMAZE_WALL_HEIGHT / 2 * D4RL_ANTMAZE_SCALING
-    for i, row in enumerate(D4RL_ANTMAZE_MAPS[maze]):  # maze_env.py: one box per 1, centred on its cell
-        for j, cell in enumerate(row):
-            if cell == 1:
-                x, y = d4rl_antmaze_cell_xy(maze, i, j)
-                ET.SubElement(
-                    worldbody, "geom", name=f"block_{i}_{j}", type="box", material="",
-                    pos=f"{x} {y} {half_height}",
-                    size=f"{0.5 * D4RL_ANTMAZE_SCALING} {0.5 * D4RL_ANTMAZE_SCALING} {half_height}",
-                    contype="1", conaffinity="1", rgba="0.7 0.5 0.3 1.0",
-                )  # fmt: skip
-    # A goal marker for videos, as big as the success radius: a site has no mass and no contacts.
-    ET.SubElement(worldbody, "site", name="goal", type="sphere", size=f"{D4RL_ANTMAZE_SUCCESS_RADIUS}",
-                  pos="0 0 0.5", rgba="1 0.2 0.2 0.5")  # fmt: skip
-    return ET.tostring(root, encoding="unicode")
-
-
-def _d4rl_antmaze_camera(maze: str) -> dict:
-    layout = D4RL_ANTMAZE_MAPS[maze]
-    rows, cols = len(layout), len(layout[0])
-    centre = (d4rl_antmaze_cell_xy(maze, 0, 0) + d4rl_antmaze_cell_xy(maze, rows - 1, cols - 1)) / 2
-    # Straight down, x to the right and y up: the picture shows the layout upside down (row 0 at the bottom).
-    return dict(lookat=np.array([*centre, 0.0]), distance=1.25 * D4RL_ANTMAZE_SCALING * max(rows, cols),
-                elevation=-90.0, azimuth=90.0)  # fmt: skip
-
-
-class D4RLAntMazeEnv(MujocoEnv):
-    """D4RL's eval AntMaze (eval=True, v2_resets=True, non_zero_reset=False, sparse reward) on gymnasium."""
-
-    metadata = {"render_modes": ["human", "rgb_array", "depth_array"], "render_fps": 10}
-
-    def __init__(self, maze: str, eval_goal_variant: str | None = None, seed: int | None = None,
-                 render_mode: str | None = None, width: int = 480, height: int = 480):  # fmt: skip
-        self.maze = d4rl_antmaze_name(maze)
-        variant = eval_goal_variant or D4RL_ANTMAZE_DEFAULT_GOAL_VARIANT[self.maze]
-        self.eval_goal_variant = _d4rl_antmaze_variant(variant)
-        with tempfile.TemporaryDirectory() as folder:  # MujocoEnv loads its model from a file
-            xml_path = os.path.join(folder, f"d4rl_antmaze_{self.maze}.xml")
-            with open(xml_path, "w") as file:
-                file.write(d4rl_antmaze_xml(self.maze))
-            observation_space = gymnasium.spaces.Box(-np.inf, np.inf, shape=(29,), dtype=np.float64)
-            super().__init__(xml_path, D4RL_ANT_FRAME_SKIP, observation_space, render_mode=render_mode, width=width,
-                             height=height, default_camera_config=_d4rl_antmaze_camera(self.maze))  # fmt: skip
-        # The policy acts in [-1, 1]; D4RL's NormalizedBoxEnv rescales to the +-30 control range.
-        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, shape=(self.model.nu,), dtype=np.float32)
-        self.goal, self._pinned_goal = np.zeros(2), None
-        self._goal_site = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, "goal")
-        self._first_reset_seed = seed
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        """A new eval goal (or options["goal"], an xy in the D4RL frame) and a noisy start at (0, 0)."""
-        if seed is None:
-            seed, self._first_reset_seed = self._first_reset_seed, None
-        self._pinned_goal = None if options is None or "goal" not in options else np.asarray(options["goal"], float)
-        return super().reset(seed=seed)
-
-    def reset_model(self) -> np.ndarray:
-        # v2_resets: a fresh goal every episode, drawn before the ant's reset noise (ant.py AntMazeEnv.reset).
-        self.goal = self._pinned_goal if self._pinned_goal is not None else sample_d4rl_antmaze_goal(
-            self.maze, self.eval_goal_variant, self.np_random
-        )  # fmt: skip
-        self.model.site_pos[self._goal_site, :2] = self.goal
-        noise = D4RL_ANT_RESET_QPOS_NOISE
-        qpos = self.init_qpos + self.np_random.uniform(-noise, noise, size=self.model.nq)
-        qvel = self.init_qvel + self.np_random.standard_normal(self.model.nv) * D4RL_ANT_RESET_QVEL_NOISE
-        self.set_state(qpos, qvel)
-        return self._get_obs()
-
-    def _get_reset_info(self) -> dict:
-        return {"success": False, "goal": self.goal.copy()}
-
-    def _get_obs(self) -> np.ndarray:
-        return np.concatenate([self.data.qpos[:15], self.data.qvel[:14]])  # ant.py expose_all_qpos=True
-
-    def step(self, action):
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != self.action_space.shape or not np.all(np.isfinite(action)):
-            raise ValueError(f"expected a finite action of shape {self.action_space.shape}, got {action!r}")
-        low, high = self.model.actuator_ctrlrange.T
-        ctrl = np.clip(low + (action + 1.0) * 0.5 * (high - low), low, high)  # wrappers.py NormalizedBoxEnv
-        self.do_simulation(ctrl, self.frame_skip)
-        observation = self._get_obs()
-        # goal_reaching_env.py: sparse reward, and with eval=True the episode ends on success. The ant's
-        # own "unhealthy" done (z outside [0.2, 1]) is dropped there, so it is not a termination here.
-        success = bool(np.linalg.norm(observation[:2] - self.goal) <= D4RL_ANTMAZE_SUCCESS_RADIUS)
-        if self.render_mode == "human":
-            self.render()
-        return observation, float(success), success, False, {"success": success, "goal": self.goal.copy()}
-
-
-def make_d4rl_antmaze_env(maze: str, seed: int | None = None, eval_goal_variant: str | None = None,
-                          render_mode: str | None = None, width: int = 480, height: int = 480,
-                          max_episode_steps: int | None = None) -> gymnasium.Env:  # fmt: skip
-    """The D4RL AntMaze eval env, ended after D4RL's episode length (or max_episode_steps)."""
-    if max_episode_steps is not None and max_episode_steps < 1:
-        raise ValueError(f"max_episode_steps must be at least 1 (or None for D4RL's length), got {max_episode_steps}")
-    env = D4RLAntMazeEnv(maze, eval_goal_variant, seed, render_mode, width, height)
-    steps = max_episode_steps or D4RL_ANTMAZE_MAX_EPISODE_STEPS[env.maze]
-    return gymnasium.wrappers.TimeLimit(env, max_episode_steps=steps)
-# ==== end mirror: d4rl_antmaze ====
+# ==== end mirror: d4rl_antmaze_maps ====
 
 
 # ==== mirror: task (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py) ====
@@ -580,7 +175,6 @@ generated automatically for the datasets this project makes), a Minari id (e.g. 
 """
 import hashlib
 import warnings
-from collections import deque
 
 # 1 = wall, 0 = free: D4RL's layouts (the d4rl_antmaze block) without the start and goal letters; rows in D4RL's
 # order (gymnasium-robotics draws row 0 at the top, +y).
@@ -591,14 +185,6 @@ MAZE_START_GOAL_CELLS = {"umaze": ((1, 1), (3, 1)), "medium": ((1, 1), (6, 6)), 
 # reversed, i.e. D4RL's umaze moved without mirroring (datasets-and-envs.md §2.4). We evaluate on that map.
 MINARI_ANTMAZE_UMAZE_START_GOAL = ((3, 1), (1, 1))
 MAZE_SCALING = {"antmaze": 4.0, "pointmaze": 1.0}  # metres per cell (hard-coded in gymnasium-robotics)
-PLAY_GOAL_CELLS = {  # "play" data: goals from these few cells only ("diverse": from every free cell)
-    "umaze": [(1, 1), (1, 3), (3, 1)],
-    "medium": [(1, 1), (2, 6), (5, 1), (6, 5), (6, 6)],
-    "large": [(1, 1), (1, 6), (3, 5), (3, 10), (5, 2), (7, 4), (7, 6), (7, 9)],
-    "ultra": [(1, 1), (1, 14), (3, 9), (5, 3), (5, 13), (8, 5), (8, 11), (10, 4), (10, 14)],
-}
-POINTMAZE_RANDOM_ACTION_SHARE = 0.2  # generated pointmaze data: share of uniform-random-action steps (README)
-RANDOM_EPISODE_STEPS = 500  # length of each random-action episode, from a random reset
 # gymnasium-robotics' PointMaze episode lengths; ultra (not registered there) twice large's, as for the antmaze
 POINTMAZE_EPISODE_STEPS = {"umaze": 300, "medium": 600, "large": 800, "ultra": 1600}
 ANTMAZE_EPISODE_STEPS = {"umaze": 700, "medium": 1000, "large": 1000, "ultra": 2000}  # D4RL episode lengths
@@ -609,10 +195,6 @@ TAP_ULTRA_URL = ("https://github.com/ZhengyaoJiang/d4rl/releases/download/public
                  "Ant_maze_ultra_noisy_multistart_True_multigoal_{}_sparse.hdf5")
 ROBOTS = {  # gymnasium class name, action dim, obs dim (D4RL layout), obs dim (NeoRL layout, with x)
     "hopper": ("Hopper", 3, 11, 12), "walker2d": ("Walker2d", 6, 17, 18), "halfcheetah": ("HalfCheetah", 6, 17, 18)}
-D4RL_REF_RETURNS = {"hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3),
-                    "halfcheetah": (-280.178953, 12135.0)}  # (random, expert), d4rl/gym_mujoco/__init__.py
-NEORL_REF_RETURNS = {"hopper": (5.0, 3294.0), "walker2d": (1.0, 5143.0),
-                     "halfcheetah": (-298.0, 12284.0)}  # (min, max), leq-spec §1
 TAU_TABLE_10 = {  # paper Table 10; 0.1 where the paper has no entry
     "antmaze-umaze": 0.1, "antmaze-umaze-diverse": 0.1, "antmaze-medium-play": 0.3, "antmaze-medium-diverse": 0.1,
     "antmaze-large-play": 0.3, "antmaze-large-diverse": 0.3, "antmaze-ultra-play": 0.1, "antmaze-ultra-diverse": 0.1,
@@ -624,9 +206,7 @@ TAU_TABLE_10 = {  # paper Table 10; 0.1 where the paper has no entry
     "Walker2d-v3-medium": 0.1, "Walker2d-v3-high": 0.1, "HalfCheetah-v3-low": 0.1, "HalfCheetah-v3-medium": 0.3,
     "HalfCheetah-v3-high": 0.3,
 }
-VIDEO_SIZE = 256  # pixels per side of evaluation videos
 GENERATED_NAMESPACE = "leq"  # Minari namespace of the datasets this project generates
-GENERATED_STEPS = 1_000_000  # transitions of a generated default dataset
 
 
 @dataclass(frozen=True)
@@ -1052,202 +632,22 @@ def maze_goal_centre(task: Task, frame: str, dataset_id: str | None = None) -> n
 
 def _in_goal_region(next_obs: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
     return (np.linalg.norm(next_obs[:, :2] - centre, axis=-1) <= radius).astype(np.float32)
+# ==== end mirror: task ====
 
 
-# ---- termination functions (leq-spec §6) ------------------------------------------------------------------------
-
-def make_termination_fn(task: Task, data: OfflineData, goal_radius: float | None = None):
-    """fn(obs, act, next_obs) -> bool tensor [B]: True where the true environment would terminate."""
-    if task.family in ("antmaze", "pointmaze"):
-        centre_x, centre_y = map(float, maze_goal_centre(task, data.maze_frame, data.source.removeprefix("minari:")))
-        radius_sq = float(goal_radius if goal_radius is not None else task.goal_radius) ** 2
-
-        def maze_done(obs, act, next_obs):  # Python-float constants: no tensor to move, CUDA-graph friendly
-            return (next_obs[:, 0] - centre_x) ** 2 + (next_obs[:, 1] - centre_y) ** 2 <= radius_sq
-
-        return maze_done
-    offset = 1 if task.family == "neorl" else 0  # NeoRL observations start with x: z, angle shift by one
-
-    def hopper_done(obs, act, next_obs):
-        height, angle = next_obs[:, offset], next_obs[:, offset + 1]
-        state = next_obs[:, 3:] if offset else next_obs[:, 1:]
-        alive = (torch.isfinite(next_obs).all(-1) & (state.abs() < 100).all(-1) & (height > 0.7)
-                 & (angle.abs() < 0.2))
-        return ~alive
-
-    def walker2d_done(obs, act, next_obs):
-        height, angle = next_obs[:, offset], next_obs[:, offset + 1]
-        state = next_obs[:, offset + 2:] if offset else next_obs
-        alive = (((state > -100) & (state < 100)).all(-1) & (height > 0.8) & (height < 2.0)
-                 & (angle > -1.0) & (angle < 1.0))
-        return ~alive
-
-    def halfcheetah_done(obs, act, next_obs):
-        if offset:  # NeoRL's own rule: HalfCheetah never terminates (x grows without bound)
-            return torch.zeros(next_obs.shape[0], dtype=torch.bool, device=next_obs.device)
-        return ~((next_obs > -100) & (next_obs < 100)).all(-1)
-
-    return {"hopper": hopper_done, "walker2d": walker2d_done, "halfcheetah": halfcheetah_done}[task.robot]
+# ==== mirror: collect (identical in collect_dataset.py) ====
+# Data collection (collect_dataset.py only): the pointmaze planner, random-action collectors, Minari writer.
+from collections import deque
 
 
-# ---- evaluation ---------------------------------------------------------------------------------------------------
-
-class EvalEnv:
-    """A gymnasium env seen in the dataset's layout: reset(seed) -> obs, step(a) -> (obs, reward, done, success).
-
-    `done` is termination or the time limit; `success` (mazes) is whether the goal was reached."""
-
-    def __init__(self, env, to_obs):
-        self.env, self.to_obs = env, to_obs
-
-    def reset(self, seed: int) -> np.ndarray:
-        obs, _ = self.env.reset(seed=seed)
-        return self.to_obs(obs)
-
-    def step(self, action: np.ndarray):
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        return self.to_obs(obs), float(reward), bool(terminated or truncated), bool(info.get("success", False))
-
-    def render(self):
-        return self.env.render()
-
-
-def _flat_maze_obs(task: Task):
-    def to_obs(obs):
-        if task.family == "pointmaze":
-            return obs["observation"].astype(np.float32)
-        return np.concatenate([obs["achieved_goal"], obs["observation"]]).astype(np.float32)
-    return to_obs
-
-
-def _maze_map(task: Task, start, goal) -> list:
-    layout = [list(row) for row in MAZE_LAYOUTS[task.maze]]
-    layout[start[0]][start[1]], layout[goal[0]][goal[1]] = "r", "g"
-    return layout
-
-
-ADROIT_NOTICE = "environment's reward functions were updated in v1.2.1 without an environment version update"
-
-
-def import_gymnasium_robotics():
-    """gymnasium_robotics, without the notice it prints at import about its Adroit hand envs' rewards (none of
-    our tasks). It is a print to stderr, not a warning, so it is caught there; anything else printed passes."""
-    import contextlib
-    import io
-
-    printed = io.StringIO()
-    with contextlib.redirect_stderr(printed):
-        import gymnasium_robotics
-    lines = printed.getvalue().splitlines(keepends=True)
-    sys.stderr.write("".join(line for line in lines if ADROIT_NOTICE not in line))
-    return gymnasium_robotics
-
-
-def make_maze_env(task: Task, maze_map, continuing_task: bool, max_episode_steps: int, render_mode=None, **kwargs):
-    """A gymnasium-robotics PointMaze (v3) or AntMaze (v4, 27-dim ant obs as Minari's data) on `maze_map`."""
-    import gymnasium as gym
-
-    gym.register_envs(import_gymnasium_robotics())
-    env_id = "PointMaze_UMaze-v3" if task.family == "pointmaze" else "AntMaze_UMaze-v4"
-    if render_mode is not None:
-        kwargs.update(width=VIDEO_SIZE, height=VIDEO_SIZE)
-    return gym.make(env_id, maze_map=maze_map, continuing_task=continuing_task, max_episode_steps=max_episode_steps,
-                    render_mode=render_mode, **kwargs)
-
-
-def make_eval_env(task: Task, data: OfflineData, render_mode=None) -> EvalEnv:
-    """The environment that scores a policy trained on `data`: episodes end on success for mazes."""
-    if task.family == "antmaze" and data.maze_frame == "d4rl":
-        return make_antmaze_eval_env_for_d4rl_data(task, render_mode)
-    if task.family in ("antmaze", "pointmaze"):
-        start, goal = maze_start_goal_cells(task, data.source.removeprefix("minari:"))
-        env = make_maze_env(task, _maze_map(task, start, goal), False, task.max_episode_steps, render_mode)
-        return EvalEnv(env, _flat_maze_obs(task))
-    kwargs = {"exclude_current_positions_from_observation": False} if task.family == "neorl" else {}
-    if render_mode is not None:
-        kwargs.update(width=VIDEO_SIZE, height=VIDEO_SIZE)
-    env = make_locomotion_env(task, data.eval_gym_id or _default_eval_gym_id(task), render_mode=render_mode, **kwargs)
-    return EvalEnv(env, lambda obs: obs.astype(np.float32))
-
-
-def make_locomotion_env(task: Task, gym_id: str, **kwargs):
-    """gymnasium's MuJoCo env `gym_id`; v4 is chosen on purpose (D4RL's dynamics), so its deprecation note is muted."""
-    import gymnasium as gym
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is out of date", category=DeprecationWarning)
-        return gym.make(gym_id, max_episode_steps=task.max_episode_steps, **kwargs)
-
-
-def make_antmaze_eval_env_for_d4rl_data(task: Task, render_mode=None) -> EvalEnv:
-    """Eval env for D4RL-format antmaze data: D4RL's own AntMaze rebuilt on MuJoCo 3 (the d4rl_antmaze block):
-    10 Hz, torque 30 * action, (0, 0) at the start cell, D4RL's reset noise and eval goals (LEQ's for ultra),
-    observations already in the data's 29-dim layout and frame."""
-    env = make_d4rl_antmaze_env(task.maze, render_mode=render_mode, width=VIDEO_SIZE, height=VIDEO_SIZE,
-                                max_episode_steps=task.max_episode_steps)
-    return EvalEnv(env, lambda obs: obs.astype(np.float32))
-
-
-def normalized_score(task: Task, episode_return: float, success: bool) -> float:
-    """x100: success rate for mazes, D4RL / NeoRL normalised return otherwise."""
-    if task.family in ("antmaze", "pointmaze"):
-        return 100.0 * float(success)
-    low, high = (NEORL_REF_RETURNS if task.family == "neorl" else D4RL_REF_RETURNS)[task.robot]
-    return 100.0 * (episode_return - low) / (high - low)
-
-
-def evaluate(task: Task, data: OfflineData, policy, num_episodes: int, seed: int, gamma: float | None = None,
-             video_path: str | None = None) -> dict:
-    """Run `num_episodes` episodes side by side with the deterministic `policy` (numpy [n, obs] -> [n, act]),
-    called once per step on all n episodes (finished ones repeat their last observation: a fixed batch shape).
-
-    Returns mean/std of the x100 scores, per-episode scores and returns, and (with gamma) the discounted return of
-    the training reward r * reward_scale + reward_shift, to compare with a critic's estimate."""
-    if video_path and not os.environ.get("DISPLAY"):
-        os.environ.setdefault("MUJOCO_GL", "egl")  # headless: MuJoCo renders offscreen through EGL
-    envs = [make_eval_env(task, data, "rgb_array" if video_path and i == 0 else None) for i in range(num_episodes)]
-    obs = np.stack([env.reset(seed=seed + i) for i, env in enumerate(envs)])
-    active = np.ones(num_episodes, dtype=bool)
-    returns, discounted = np.zeros(num_episodes), np.zeros(num_episodes)
-    success = np.zeros(num_episodes, dtype=bool)
-    frames = [envs[0].render()] if video_path else None
-    for t in range(task.max_episode_steps):
-        actions = np.asarray(policy(obs), dtype=np.float32)
-        if actions.shape != (num_episodes, task.act_dim):
-            raise ValueError(f"policy returned actions of shape {actions.shape}, "
-                             f"expected {(num_episodes, task.act_dim)}")
-        for i in np.nonzero(active)[0]:
-            obs[i], reward, done, reached = envs[i].step(np.clip(actions[i], -1.0, 1.0))
-            returns[i] += reward
-            if gamma is not None:
-                discounted[i] += gamma ** t * (reward * data.reward_scale + data.reward_shift)
-            success[i] |= reached
-            active[i] = not done
-            if i == 0 and frames is not None:
-                frames.append(envs[0].render())
-        if not active.any():
-            break
-    if video_path:
-        _write_video(frames, video_path, fps=envs[0].env.metadata.get("render_fps", 30))
-    for env in envs:
-        env.env.close()
-    scores = np.array([normalized_score(task, r, s) for r, s in zip(returns, success)])
-    result = {"mean": float(scores.mean()), "std": float(scores.std()), "scores": scores, "returns": returns}
-    if gamma is not None:
-        result["discounted_returns"] = discounted
-    return result
-
-
-def _write_video(frames: list, path: str, fps: int) -> None:
-    import imageio  # installed with gymnasium-robotics; .gif needs only pillow, .mp4 needs imageio-ffmpeg
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    timing = {"duration": 1000 / fps} if path.endswith(".gif") else {"fps": fps}  # gif frames last `duration` ms
-    try:
-        imageio.mimsave(path, frames, **timing)
-    except Exception as error:
-        raise SystemExit(f"could not write the video {path} ({type(error).__name__}: {error}); a .gif path needs "
-                         f"no extra package, .mp4 needs `pip install imageio-ffmpeg`.") from None
+PLAY_GOAL_CELLS = {  # "play" data: goals from these few cells only ("diverse": from every free cell)
+    "umaze": [(1, 1), (1, 3), (3, 1)],
+    "medium": [(1, 1), (2, 6), (5, 1), (6, 5), (6, 6)],
+    "large": [(1, 1), (1, 6), (3, 5), (3, 10), (5, 2), (7, 4), (7, 6), (7, 9)],
+    "ultra": [(1, 1), (1, 14), (3, 9), (5, 3), (5, 13), (8, 5), (8, 11), (10, 4), (10, 14)],
+}
+POINTMAZE_RANDOM_ACTION_SHARE = 0.2  # generated pointmaze data: share of uniform-random-action steps (README)
+RANDOM_EPISODE_STEPS = 500  # length of each random-action episode, from a random reset
 
 
 # ---- datasets this project generates -----------------------------------------------------------------------------
@@ -1499,27 +899,68 @@ def collect_locomotion_random(task: Task, steps: int, seed: int):
     summary = (f"random actions: {steps} steps, {len(episodes)} episodes, mean finished-episode return "
                f"{np.mean(returns) if returns else float('nan'):.1f}")
     return episodes, env, summary
-# ==== end mirror: task ====
+# ==== end mirror: collect ====
 
 
+# ==== mirror: envs (identical in collect_dataset.py, fqe_pretrain.py, leq_state.py) ====
+# The real environments of the state tasks: pointmaze and antmaze from gymnasium-robotics, locomotion.
+import warnings
 
-def main(args: Args) -> None:
-    refuse(out_of_range(args, positive=("steps",)))  # generate_dataset refuses env ids it cannot make before work
-    if args.datasets_path is not None:
-        os.environ["MINARI_DATASETS_PATH"] = str(Path(args.datasets_path).expanduser().resolve())
-    task = get_task(args.env_id)
-    seed_everything(args.seed)
-    start = time.perf_counter()
-    share = POINTMAZE_RANDOM_ACTION_SHARE if args.random_action_share is None else args.random_action_share
-    if not 0.0 <= share < 1.0:
-        raise SystemExit(f"--random-action-share must be in [0, 1), got {share}.")
-    dataset_id = generate_dataset(task, args.steps, args.seed, args.force, args.dataset_id, share)
-    elapsed = time.perf_counter() - start
-    print(f"wrote {minari_root() / dataset_id} in {elapsed:.1f} s ({1e6 * elapsed / args.steps:.0f} us/step)")
-    data = load_dataset(task, dataset_id)
-    print(f"read back: {len(data)} transitions, {int(data.episode_ends.sum())} trajectories, "
-          f"{int(data.terminals.sum())} terminals, mean raw reward {data.rewards.mean():.4f}, "
-          f"fingerprint {data.fingerprint[:10]}")
+
+VIDEO_SIZE = 256  # pixels per side of evaluation videos
+
+
+def _maze_map(task: Task, start, goal) -> list:
+    layout = [list(row) for row in MAZE_LAYOUTS[task.maze]]
+    layout[start[0]][start[1]], layout[goal[0]][goal[1]] = "r", "g"
+    return layout
+
+
+ADROIT_NOTICE = "environment's reward functions were updated in v1.2.1 without an environment version update"
+
+
+def import_gymnasium_robotics():
+    """gymnasium_robotics, without the notice it prints at import about its Adroit hand envs' rewards (none of
+    our tasks). It is a print to stderr, not a warning, so it is caught there; anything else printed passes."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stderr(printed):
+        import gymnasium_robotics
+    lines = printed.getvalue().splitlines(keepends=True)
+    sys.stderr.write("".join(line for line in lines if ADROIT_NOTICE not in line))
+    return gymnasium_robotics
+
+
+def make_maze_env(task: Task, maze_map, continuing_task: bool, max_episode_steps: int, render_mode=None, **kwargs):
+    """A gymnasium-robotics PointMaze (v3) or AntMaze (v4, 27-dim ant obs as Minari's data) on `maze_map`."""
+    import gymnasium as gym
+
+    gym.register_envs(import_gymnasium_robotics())
+    env_id = "PointMaze_UMaze-v3" if task.family == "pointmaze" else "AntMaze_UMaze-v4"
+    if render_mode is not None:
+        kwargs.update(width=VIDEO_SIZE, height=VIDEO_SIZE)
+    return gym.make(env_id, maze_map=maze_map, continuing_task=continuing_task, max_episode_steps=max_episode_steps,
+                    render_mode=render_mode, **kwargs)
+
+
+def make_locomotion_env(task: Task, gym_id: str, **kwargs):
+    """gymnasium's MuJoCo env `gym_id`; v4 is chosen on purpose (D4RL's dynamics), so its deprecation note is muted."""
+    import gymnasium as gym
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is out of date", category=DeprecationWarning)
+        return gym.make(gym_id, max_episode_steps=task.max_episode_steps, **kwargs)
+# ==== end mirror: envs ====
+
+
+# ==== mirror: generated_data (identical in collect_dataset.py, leq_state.py) ====
+# The size of a generated default dataset: collect_dataset.py makes it, leq_state.py's plan prices it.
+
+
+GENERATED_STEPS = 1_000_000  # transitions of a generated default dataset
+# ==== end mirror: generated_data ====
 
 
 if __name__ == "__main__":

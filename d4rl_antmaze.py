@@ -39,34 +39,93 @@ class Args:
     """width and height of the video frames in pixels"""
 
 
-# ==== mirror: d4rl_antmaze (identical in d4rl_antmaze.py, collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py) ====
-import os
-import tempfile
-import xml.etree.ElementTree as ET
+def d4rl_antmaze_goal_box(maze: str, variant: str) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) corners of the square the eval goal is drawn from (the maze's one goal cell)."""
+    (goal_cell,) = _d4rl_antmaze_cells(maze, "g")
+    corner = d4rl_antmaze_cell_xy(maze, *goal_cell) + D4RL_ANTMAZE_GOAL_OFFSETS[_d4rl_antmaze_variant(variant)]
+    return np.maximum(corner, 0.0), np.maximum(corner + 0.375 * D4RL_ANTMAZE_SCALING, 0.0)
 
-import gymnasium
-import mujoco
-from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 
-# D4RL's AntMaze on gymnasium's MujocoEnv. API:
-#   make_d4rl_antmaze_env(maze, seed=None, eval_goal_variant=None, render_mode=None, width=480, height=480,
-#                         max_episode_steps=None) -> gymnasium.Env (TimeLimit-wrapped D4RLAntMazeEnv)
-#       maze: "umaze" | "medium" | "large" | "ultra", or a D4RL env id ("antmaze-medium-play-v2", ...).
-#       seed seeds the first reset() called without a seed (goal sampling and reset noise).
-#       Observation: float64 [29] = qpos[:15] ++ qvel[:14] = x, y, z, quaternion (w, x, y, z), 8 joint
-#       angles, vx, vy, vz, 3 angular velocities, 8 joint velocities; xy in the D4RL frame.
-#       Action: float [8] in [-1, 1]; motor torque = 30 * action (D4RL's NormalizedBoxEnv over ctrlrange +-30).
-#       Reward 1.0 and terminated=True when the torso xy is within 0.5 of the episode's goal, else 0.0;
-#       truncated after 700 (umaze), 1000 (medium, large) or 2000 (ultra) steps. info: success, goal.
-#   d4rl_antmaze_name(env_id) -> maze name;  d4rl_antmaze_cell_xy(maze, row, col) -> cell centre (x, y)
-#   sample_d4rl_antmaze_goal(maze, variant, rng) -> goal xy;  d4rl_antmaze_goal_box(maze, variant) -> (low, high)
-#   d4rl_antmaze_xml(maze) -> the MJCF text of the ant in the maze
-#   Constants: D4RL_ANTMAZE_MAPS, D4RL_ANTMAZE_GOAL_CENTRES (leq-spec section 6 termination centres, D4RL
-#   frame), D4RL_ANTMAZE_MAX_EPISODE_STEPS, D4RL_ANTMAZE_DEFAULT_GOAL_VARIANT, D4RL_ANT_XML_CHANGES, ...
-# The D4RL frame puts (0, 0) at the centre of the start cell "r", x grows with the column and y with the
-# row: cell (row, col) has its centre at (col * 4 - col_r * 4, row * 4 - row_r * 4).
-# Sources: D4RL d4rl/locomotion/{ant.py, maze_env.py, goal_reaching_env.py, wrappers.py, __init__.py,
-# assets/ant.xml}; kwanyoungpark/LEQ d4rl_ext/locomotion/{maze_env.py, ant.py, assets/ant.xml, __init__.py}.
+def describe_geometry(env) -> str:
+    maze, variant = env.unwrapped.maze, env.unwrapped.eval_goal_variant
+    (start,) = _d4rl_antmaze_cells(maze, "r")
+    (goal_cell,) = _d4rl_antmaze_cells(maze, "g")
+    layout = D4RL_ANTMAZE_MAPS[maze]
+    walls = sum(row.count(1) for row in layout)
+    goal_cell_xy = tuple(d4rl_antmaze_cell_xy(maze, *goal_cell).tolist())
+    low, high = d4rl_antmaze_goal_box(maze, variant)
+    return "\n".join([
+        f"maze {maze}: {len(layout)} x {len(layout[0])} cells of {D4RL_ANTMAZE_SCALING:g} m, {walls} wall blocks, "
+        f"dt {env.unwrapped.dt:g} s, {env._max_episode_steps} steps per episode",
+        f"start cell {start} at (0, 0); goal cell {goal_cell} centred at {goal_cell_xy}",
+        f"eval goals ({variant}) drawn from [{low[0]:g}, {high[0]:g}] x [{low[1]:g}, {high[1]:g}], "
+        f"termination centre (leq-spec 6) {D4RL_ANTMAZE_GOAL_CENTRES[maze]}",
+    ])  # fmt: skip
+
+
+def write_video(frames: list, path: str, fps: int) -> None:
+    try:
+        import imageio.v2 as imageio
+    except ImportError:
+        raise SystemExit("--video-path needs imageio: pip install imageio (and imageio-ffmpeg for .mp4).") from None
+    try:
+        imageio.mimsave(path, frames, fps=fps) if not path.endswith(".gif") else imageio.mimsave(
+            path, frames, duration=1000 / fps
+        )  # fmt: skip
+    except Exception as error:  # e.g. .mp4 without the ffmpeg plugin
+        raise SystemExit(f"could not write {path} ({error}); try a .gif path or pip install imageio-ffmpeg.") from None
+
+
+def main(args: Args) -> list[dict]:
+    if args.policy not in ("random", "zero"):
+        raise SystemExit(f"--policy must be 'random' or 'zero', got {args.policy!r}")
+    if args.num_episodes < 1:
+        raise SystemExit(f"--num-episodes must be at least 1, got {args.num_episodes}")
+    if args.video_path:
+        os.environ.setdefault("MUJOCO_GL", "egl")
+    try:
+        env = make_d4rl_antmaze_env(
+            args.maze, seed=args.seed, eval_goal_variant=args.eval_goal_variant,
+            render_mode="rgb_array" if args.video_path else None, width=args.video_size, height=args.video_size,
+            max_episode_steps=args.max_episode_steps,
+        )  # fmt: skip
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    print(describe_geometry(env))
+    action_rng = np.random.default_rng(args.seed)
+    episodes, frames = [], []
+    for episode in range(args.num_episodes):
+        observation, _ = env.reset()
+        start, length, done, success = time.perf_counter(), 0, False, False
+        while not done:
+            if args.policy == "random":
+                action = action_rng.uniform(-1.0, 1.0, size=8).astype(np.float32)
+            else:
+                action = np.zeros(8, np.float32)
+            observation, reward, terminated, truncated, info = env.step(action)
+            length, success, done = length + 1, info["success"], terminated or truncated
+            if args.video_path and episode == 0:
+                frames.append(env.render())
+        seconds = time.perf_counter() - start
+        episodes.append(dict(length=length, success=success, goal=info["goal"], final_xy=observation[:2]))
+        print(f"episode {episode}: length {length}, success {success}, goal ({info['goal'][0]:.2f}, "
+              f"{info['goal'][1]:.2f}), final xy ({observation[0]:.2f}, {observation[1]:.2f}), "
+              f"{length / seconds:.0f} steps/s")  # fmt: skip
+    env.close()
+    if args.video_path:
+        write_video(frames, args.video_path, fps=env.metadata["render_fps"])
+        print(f"video of episode 0 written to {args.video_path}")
+    return episodes
+
+
+# =================================================================================================================
+# Support code. Everything below is mirrored: each block is identical in the scripts its header names
+# (edit one copy, then `python tools/sync_mirrors.py <script> -b NAME`; tests/test_mirrors.py checks).
+# =================================================================================================================
+
+
+# ==== mirror: d4rl_antmaze_maps (identical in d4rl_antmaze.py, collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py) ====
+# D4RL's AntMaze layouts and goal centres (the d4rl_antmaze block builds its environment from them).
 
 # The evaluation layouts: D4RL maze_env.py U_MAZE_TEST, BIG_MAZE_TEST, HARDEST_MAZE_TEST (registered
 # for antmaze-{umaze,medium,large}-*-v2) and LEQ d4rl_ext maze_env.py ULTRA_MAZE_TEST (antmaze-ultra-*-v0).
@@ -122,6 +181,39 @@ D4RL_ANTMAZE_GOAL_CENTRES = {
     "large": (32.75, 24.75),
     "ultra": (52.75, 36.75),
 }
+# ==== end mirror: d4rl_antmaze_maps ====
+
+
+# ==== mirror: d4rl_antmaze (identical in d4rl_antmaze.py, fqe_pretrain.py, leq_state.py) ====
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+
+import gymnasium
+import mujoco
+from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+
+# D4RL's AntMaze on gymnasium's MujocoEnv. API:
+#   make_d4rl_antmaze_env(maze, seed=None, eval_goal_variant=None, render_mode=None, width=480, height=480,
+#                         max_episode_steps=None) -> gymnasium.Env (TimeLimit-wrapped D4RLAntMazeEnv)
+#       maze: "umaze" | "medium" | "large" | "ultra", or a D4RL env id ("antmaze-medium-play-v2", ...).
+#       seed seeds the first reset() called without a seed (goal sampling and reset noise).
+#       Observation: float64 [29] = qpos[:15] ++ qvel[:14] = x, y, z, quaternion (w, x, y, z), 8 joint
+#       angles, vx, vy, vz, 3 angular velocities, 8 joint velocities; xy in the D4RL frame.
+#       Action: float [8] in [-1, 1]; motor torque = 30 * action (D4RL's NormalizedBoxEnv over ctrlrange +-30).
+#       Reward 1.0 and terminated=True when the torso xy is within 0.5 of the episode's goal, else 0.0;
+#       truncated after 700 (umaze), 1000 (medium, large) or 2000 (ultra) steps. info: success, goal.
+#   d4rl_antmaze_name(env_id) -> maze name;  d4rl_antmaze_cell_xy(maze, row, col) -> cell centre (x, y)
+#   sample_d4rl_antmaze_goal(maze, variant, rng) -> goal xy;  d4rl_antmaze_goal_box(maze, variant) -> (low, high)
+#   d4rl_antmaze_xml(maze) -> the MJCF text of the ant in the maze
+#   Constants: D4RL_ANTMAZE_MAPS, D4RL_ANTMAZE_GOAL_CENTRES (leq-spec section 6 termination centres, D4RL
+#   frame), D4RL_ANTMAZE_MAX_EPISODE_STEPS, D4RL_ANTMAZE_DEFAULT_GOAL_VARIANT, D4RL_ANT_XML_CHANGES, ...
+# The D4RL frame puts (0, 0) at the centre of the start cell "r", x grows with the column and y with the
+# row: cell (row, col) has its centre at (col * 4 - col_r * 4, row * 4 - row_r * 4).
+# Sources: D4RL d4rl/locomotion/{ant.py, maze_env.py, goal_reaching_env.py, wrappers.py, __init__.py,
+# assets/ant.xml}; kwanyoungpark/LEQ d4rl_ext/locomotion/{maze_env.py, ant.py, assets/ant.xml, __init__.py}.
+
+
 # D4RL __init__.py (v2 ids) and LEQ d4rl_ext __init__.py (ultra v0 ids): max_episode_steps.
 D4RL_ANTMAZE_MAX_EPISODE_STEPS = {"umaze": 700, "medium": 1000, "large": 1000, "ultra": 2000}
 D4RL_ANTMAZE_SCALING = 4.0  # metres per cell (registrations: maze_size_scaling=4.0)
@@ -188,13 +280,6 @@ def _d4rl_antmaze_variant(variant: str) -> str:
     if variant not in D4RL_ANTMAZE_GOAL_OFFSETS:
         raise ValueError(f"unknown eval goal variant {variant!r}: use one of {sorted(D4RL_ANTMAZE_GOAL_OFFSETS)}")
     return variant
-
-
-def d4rl_antmaze_goal_box(maze: str, variant: str) -> tuple[np.ndarray, np.ndarray]:
-    """(low, high) corners of the square the eval goal is drawn from (the maze's one goal cell)."""
-    (goal_cell,) = _d4rl_antmaze_cells(maze, "g")
-    corner = d4rl_antmaze_cell_xy(maze, *goal_cell) + D4RL_ANTMAZE_GOAL_OFFSETS[_d4rl_antmaze_variant(variant)]
-    return np.maximum(corner, 0.0), np.maximum(corner + 0.375 * D4RL_ANTMAZE_SCALING, 0.0)
 
 
 def sample_d4rl_antmaze_goal(maze: str, variant: str, rng: np.random.Generator) -> np.ndarray:
@@ -330,78 +415,6 @@ def make_d4rl_antmaze_env(maze: str, seed: int | None = None, eval_goal_variant:
     steps = max_episode_steps or D4RL_ANTMAZE_MAX_EPISODE_STEPS[env.maze]
     return gymnasium.wrappers.TimeLimit(env, max_episode_steps=steps)
 # ==== end mirror: d4rl_antmaze ====
-
-
-def describe_geometry(env) -> str:
-    maze, variant = env.unwrapped.maze, env.unwrapped.eval_goal_variant
-    (start,) = _d4rl_antmaze_cells(maze, "r")
-    (goal_cell,) = _d4rl_antmaze_cells(maze, "g")
-    layout = D4RL_ANTMAZE_MAPS[maze]
-    walls = sum(row.count(1) for row in layout)
-    goal_cell_xy = tuple(d4rl_antmaze_cell_xy(maze, *goal_cell).tolist())
-    low, high = d4rl_antmaze_goal_box(maze, variant)
-    return "\n".join([
-        f"maze {maze}: {len(layout)} x {len(layout[0])} cells of {D4RL_ANTMAZE_SCALING:g} m, {walls} wall blocks, "
-        f"dt {env.unwrapped.dt:g} s, {env._max_episode_steps} steps per episode",
-        f"start cell {start} at (0, 0); goal cell {goal_cell} centred at {goal_cell_xy}",
-        f"eval goals ({variant}) drawn from [{low[0]:g}, {high[0]:g}] x [{low[1]:g}, {high[1]:g}], "
-        f"termination centre (leq-spec 6) {D4RL_ANTMAZE_GOAL_CENTRES[maze]}",
-    ])  # fmt: skip
-
-
-def write_video(frames: list, path: str, fps: int) -> None:
-    try:
-        import imageio.v2 as imageio
-    except ImportError:
-        raise SystemExit("--video-path needs imageio: pip install imageio (and imageio-ffmpeg for .mp4).") from None
-    try:
-        imageio.mimsave(path, frames, fps=fps) if not path.endswith(".gif") else imageio.mimsave(
-            path, frames, duration=1000 / fps
-        )  # fmt: skip
-    except Exception as error:  # e.g. .mp4 without the ffmpeg plugin
-        raise SystemExit(f"could not write {path} ({error}); try a .gif path or pip install imageio-ffmpeg.") from None
-
-
-def main(args: Args) -> list[dict]:
-    if args.policy not in ("random", "zero"):
-        raise SystemExit(f"--policy must be 'random' or 'zero', got {args.policy!r}")
-    if args.num_episodes < 1:
-        raise SystemExit(f"--num-episodes must be at least 1, got {args.num_episodes}")
-    if args.video_path:
-        os.environ.setdefault("MUJOCO_GL", "egl")
-    try:
-        env = make_d4rl_antmaze_env(
-            args.maze, seed=args.seed, eval_goal_variant=args.eval_goal_variant,
-            render_mode="rgb_array" if args.video_path else None, width=args.video_size, height=args.video_size,
-            max_episode_steps=args.max_episode_steps,
-        )  # fmt: skip
-    except ValueError as error:
-        raise SystemExit(str(error)) from None
-    print(describe_geometry(env))
-    action_rng = np.random.default_rng(args.seed)
-    episodes, frames = [], []
-    for episode in range(args.num_episodes):
-        observation, _ = env.reset()
-        start, length, done, success = time.perf_counter(), 0, False, False
-        while not done:
-            if args.policy == "random":
-                action = action_rng.uniform(-1.0, 1.0, size=8).astype(np.float32)
-            else:
-                action = np.zeros(8, np.float32)
-            observation, reward, terminated, truncated, info = env.step(action)
-            length, success, done = length + 1, info["success"], terminated or truncated
-            if args.video_path and episode == 0:
-                frames.append(env.render())
-        seconds = time.perf_counter() - start
-        episodes.append(dict(length=length, success=success, goal=info["goal"], final_xy=observation[:2]))
-        print(f"episode {episode}: length {length}, success {success}, goal ({info['goal'][0]:.2f}, "
-              f"{info['goal'][1]:.2f}), final xy ({observation[0]:.2f}, {observation[1]:.2f}), "
-              f"{length / seconds:.0f} steps/s")  # fmt: skip
-    env.close()
-    if args.video_path:
-        write_video(frames, args.video_path, fps=env.metadata["render_fps"])
-        print(f"video of episode 0 written to {args.video_path}")
-    return episodes
 
 
 if __name__ == "__main__":

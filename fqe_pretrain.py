@@ -14,6 +14,10 @@ states next to the policy's actual discounted return in the environment.
     python fqe_pretrain.py --env-id antmaze-umaze-diverse --dataset-path /path/to/dataset
 """
 
+import contextlib
+import fcntl
+import json
+import math
 import os
 import random
 import sys
@@ -81,11 +85,140 @@ class Args:
     where leq_state.py looks for it)"""
 
 
-# ==== mirror: common (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
-import contextlib
-import fcntl
-import json
-import math
+# Measured on the development CPU (eager and compiled steps interleaved, cold compile included): compiling pays
+# back after about 7.5k BC steps (4% faster) and 11k FQE steps (16% faster); eager below this many steps.
+CPU_COMPILE_PAYS_AFTER = 20_000
+
+
+def check_args(args: Args) -> torch.device:
+    """Every argument, the device and where the data is, checked in seconds before any work. Returns the device."""
+    device = check_device(args)
+    refuse(out_of_range(
+        args,
+        positive=("bc_batch_size", "fqe_batch_size", "hidden_dim", "num_layers", "log_interval", "bc_lr", "fqe_lr"),
+        non_negative=("bc_steps", "fqe_steps", "eval_episodes"),
+        rates=("gamma", "ema_rate"),
+    ))
+    locate_dataset(get_task(args.env_id), args.dataset_path)
+    return device
+
+
+def episode_start_indices(episode_ends: np.ndarray) -> np.ndarray:
+    """Index 0 and every transition that follows the end of a trajectory."""
+    ends = np.flatnonzero(np.asarray(episode_ends)[:-1] > 0.5)
+    return np.concatenate([[0], ends + 1])
+
+
+@torch.no_grad()
+def policy_value(critic: "Critic", actor: "Actor", obs: torch.Tensor) -> torch.Tensor:
+    return critic(obs, actor(obs))
+
+
+def sanity_check(task, data, actor, critic, args: Args, device) -> dict:
+    """FQE's value of the BC policy at start states next to the policy's discounted return in the environment."""
+    start_obs = torch.as_tensor(data.observations[episode_start_indices(data.episode_ends)], device=device)
+    dataset_estimate = policy_value(critic, actor, start_obs)
+    result = {"fqe_value_dataset_starts": dataset_estimate.mean().item(), "dataset_starts": len(start_obs)}
+    if args.eval_episodes == 0:
+        return result
+    env_start_values = []
+
+    @torch.no_grad()
+    def policy(obs: np.ndarray) -> np.ndarray:
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        if not env_start_values:  # the first call sees every episode's initial state
+            env_start_values.append(policy_value(critic, actor, obs).cpu().numpy())
+        return actor(obs).cpu().numpy()
+
+    stats = evaluate(task, data, policy, num_episodes=args.eval_episodes, seed=args.seed, gamma=args.gamma)
+    # FQE values the task without a time limit; episodes stop after T steps, leaving out gamma^T V(s_T).
+    largest_reward = np.abs(np.asarray(data.rewards) * data.reward_scale + data.reward_shift).max()
+    tail = args.gamma ** task.max_episode_steps * largest_reward / (1 - args.gamma) if args.gamma < 1 else np.inf
+    result.update(
+        truncation_tail_bound=float(tail),
+        fqe_value_env_starts=float(np.mean(env_start_values[0])),
+        discounted_return=float(np.mean(stats["discounted_returns"])),
+        discounted_return_std=float(np.std(stats["discounted_returns"])),
+        score=float(stats["mean"]),
+        score_std=float(stats["std"]),
+    )
+    return result
+
+
+def main(args: Args) -> dict:
+    device = check_args(args)
+    seed_everything(args.seed)
+    task = get_task(args.env_id)
+    data = load_dataset(task, args.dataset_path, args.download)
+    checkpoint_path = Path(args.checkpoint_path or pretrain_checkpoint_path(args.env_id, args.seed, data.fingerprint))
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run = init_tracking(args, run_name)
+    print(f"{args.env_id}: {len(data.observations)} transitions from {data.source}; device {device}, "
+          f"compile {'auto' if args.compile is None else args.compile}, cudagraphs {args.cudagraphs}")
+
+    transitions = transition_tensors(data, device)
+    stats = normalization_stats(data.observations, data.actions)
+    sizes = {"hidden_dim": args.hidden_dim, "num_layers": args.num_layers}
+    actor = Actor(stats["obs_mean"], stats["obs_std"], task.act_dim, **sizes).to(device)
+    critic = Critic(stats["obs_act_mean"], stats["obs_act_std"], **sizes).to(device)
+    ema_critic = ema_copy(critic)
+
+    def log_to(prefix: str, offset: int):
+        if run is None:
+            return None
+        return lambda step, metrics: run.log({f"{prefix}/{k}": v for k, v in metrics.items()}, step=offset + step)
+
+    metrics, timings = {}, {}
+    phases = (
+        ("bc", args.bc_steps, lambda: make_bc_update(
+            actor, torch.optim.Adam(actor.parameters(), lr=args.bc_lr), transitions, args.bc_batch_size)),
+        ("fqe", args.fqe_steps, lambda: make_fqe_update(
+            critic, ema_critic, actor, torch.optim.Adam(critic.parameters(), lr=args.fqe_lr), transitions,
+            args.fqe_batch_size, args.gamma, args.ema_rate)),
+    )
+    offset = 0
+    for name, steps, make_update in phases:
+        if steps == 0:
+            continue
+        use_compile = resolve_compile(args.compile, device, on_cpu=steps >= CPU_COMPILE_PAYS_AFTER)
+        update = compile_step(make_update(), use_compile, args.cudagraphs, device)
+        start = time.perf_counter()
+        metrics.update(run_updates(update, steps, name.upper(), args.log_interval, args.cudagraphs,
+                                   log_to(name, offset)))
+        timings[f"{name}_seconds"] = time.perf_counter() - start
+        print(f"{name.upper()}: {steps} steps in {timings[f'{name}_seconds']:.1f} s "
+              f"({steps / timings[f'{name}_seconds']:.1f} steps/s, compilation included)")
+        offset += steps
+
+    save_pretrain_checkpoint(checkpoint_path, actor, critic, ema_critic, data.fingerprint, args,
+                             metrics={**metrics, **timings})
+    print(f"checkpoint written: {checkpoint_path}")
+
+    check = sanity_check(task, data, actor, critic, args, device)
+    metrics.update(check)
+    print("final losses: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.endswith("loss")))
+    print(f"FQE estimate of the BC policy's value, Q(s0, pi(s0)) averaged over {check['dataset_starts']} "
+          f"starts of dataset trajectories: {check['fqe_value_dataset_starts']:.3f}")
+    if "discounted_return" in check:
+        print(f"FQE estimate at the environment's start states: {check['fqe_value_env_starts']:.3f}; actual "
+              f"discounted return (gamma {args.gamma}) over {args.eval_episodes} episodes: "
+              f"{check['discounted_return']:.3f} +- {check['discounted_return_std']:.3f} (episodes stop after "
+              f"{task.max_episode_steps} steps; the part of the value beyond is at most {check['truncation_tail_bound']:.3g})")
+        print(f"BC policy score (success rate x 100 for mazes): {check['score']:.1f} +- {check['score_std']:.1f}")
+    if run is not None:
+        run.summary.update({f"final/{k}": v for k, v in metrics.items()})
+        run.finish()
+    return metrics
+
+
+# =================================================================================================================
+# Support code. Everything below is mirrored: each block is identical in the scripts its header names
+# (edit one copy, then `python tools/sync_mirrors.py <script> -b NAME`; tests/test_mirrors.py checks).
+# =================================================================================================================
+
+
+# ==== mirror: training (identical in train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
+# Device, seeding of compiled steps, atomic saves, versions and wandb: what every training script needs.
 
 
 def resolve_device(name: str) -> torch.device:
@@ -117,30 +250,6 @@ def resolve_compile(use_compile: bool | None, device: torch.device, on_cpu: bool
     if use_compile is not None:
         return use_compile
     return device.type == "cuda" or on_cpu
-
-
-def out_of_range(args, positive=(), non_negative=(), fractions=(), rates=(), open_fractions=()) -> list[str]:
-    """One message per field of `args` outside its range: positive (> 0), non_negative (>= 0), fractions
-    (0 <= x <= 1), rates (0 < x <= 1), open_fractions (0 < x < 1). Fields set to None (a default chosen later)
-    are skipped."""
-    rules = [(positive, lambda v: v > 0, "> 0"), (non_negative, lambda v: v >= 0, ">= 0"),
-             (fractions, lambda v: 0 <= v <= 1, "in [0, 1]"), (rates, lambda v: 0 < v <= 1, "in (0, 1]"),
-             (open_fractions, lambda v: 0 < v < 1, "in (0, 1)")]
-    return [f"--{name.replace('_', '-')} must be {bound}, got {getattr(args, name)}"
-            for names, within, bound in rules for name in names
-            if getattr(args, name) is not None and not within(getattr(args, name))]
-
-
-def refuse(problems: list[str]) -> None:
-    """Stop before any work with every problem found, on one line."""
-    if problems:
-        raise SystemExit(f"{os.path.basename(__file__)}: " + "; ".join(problems))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 # mode="reduce-overhead", except that inductor raises where it would silently skip capturing a graph
@@ -205,93 +314,8 @@ def refuse_non_finite(obj, path) -> None:
                          f"(the run diverged). The file already there, if any, is kept.")
 
 
-def lock_file(path) -> Path:
-    return Path(path).with_name(f".{Path(path).name}.lock")
-
-
-@contextlib.contextmanager
-def cache_lock(path, what: str):
-    """Hold the lock file `.<name>.lock` beside `path` (fcntl.flock, freed by the OS even if this process is
-    killed) while a cache is trained and written, so that runs started together train it once: the others wait
-    here, then load the file."""
-    lock_path = lock_file(path)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"{what}: another run is writing {path}; waiting for it to finish", flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def software_versions() -> dict:
     return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__}
-
-
-def load_checkpoint(path, kind: str, fingerprint: str | None, device) -> dict:
-    """Load a checkpoint written with atomic_save as {"kind": ..., "fingerprint": ..., ...}.
-
-    Refuses, with a message that says what to do, a missing file, a checkpoint of another kind, or one
-    trained on another dataset (fingerprint=None skips that check)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SystemExit(f"checkpoint {path} does not exist; check the path, or train one first.")
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=False)
-    except Exception as error:  # a truncated or foreign file: say which, not a pickle traceback
-        raise SystemExit(f"checkpoint {path} cannot be read ({type(error).__name__}: {error}).") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("kind") != kind:
-        found = checkpoint.get("kind") if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise SystemExit(f"{path} is not a {kind} checkpoint (it holds: {found}).")
-    if fingerprint is not None:
-        refuse_other_dataset(checkpoint, fingerprint, path)
-    return checkpoint
-
-
-def refuse_other_dataset(checkpoint: dict, fingerprint: str, path) -> None:
-    """Refuse, saying what to do, a checkpoint trained on data other than the one with this fingerprint."""
-    if checkpoint.get("fingerprint") != fingerprint:
-        raise SystemExit(
-            f"{path} was trained on another dataset (fingerprint {checkpoint.get('fingerprint')}, this dataset "
-            f"is {fingerprint}). Pass the checkpoint trained on this data, or retrain on it."
-        )
-
-
-def new_run_name(env_id: str, exp_name: str, seed: int) -> str:
-    """CleanRL's run name plus a random suffix, so that runs of a sweep started in the same second never share
-    a run dir."""
-    return f"{env_id}__{exp_name}__{seed}__{int(time.time())}_{os.urandom(3).hex()}"
-
-
-EVAL_CSV_HEADER = "step,policy,episodes,mean,std"  # policy: leq (periodic), leq_final, bc
-
-
-def write_run_config(run_dir, args, **resolved) -> None:
-    """runs/<run_name>/config.json: every argument, the values resolved from them (e.g. tau from the env id)
-    and the software versions, written when the run starts."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = {"args": dict(vars(args)), **resolved, "software": software_versions()}
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-
-
-def eval_csv_writer(run_dir, rows: list):
-    """Rewrite runs/<run_name>/eval.csv with `rows` (a resumed run's checkpointed evaluations, so no row is
-    written twice) and return append(row), which adds one evaluation row and closes (flushes) the file."""
-    path = Path(run_dir) / "eval.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join([EVAL_CSV_HEADER + "\n", *map(_eval_csv_line, rows)]))
-
-    def append(row: dict) -> None:
-        with open(path, "a") as file:
-            file.write(_eval_csv_line(row))
-
-    return append
-
-
-def _eval_csv_line(row: dict) -> str:
-    return ",".join(str(row.get(key, "")) for key in EVAL_CSV_HEADER.split(",")) + "\n"
 
 
 def init_tracking(args, run_name: str):
@@ -305,37 +329,37 @@ def init_tracking(args, run_name: str):
     return wandb.init(
         project=args.wandb_project_name, entity=args.wandb_entity, name=run_name, config=vars(args), save_code=True
     )
+# ==== end mirror: training ====
+
+
+# ==== mirror: common (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
+def out_of_range(args, positive=(), non_negative=(), fractions=(), rates=(), open_fractions=()) -> list[str]:
+    """One message per field of `args` outside its range: positive (> 0), non_negative (>= 0), fractions
+    (0 <= x <= 1), rates (0 < x <= 1), open_fractions (0 < x < 1). Fields set to None (a default chosen later)
+    are skipped."""
+    rules = [(positive, lambda v: v > 0, "> 0"), (non_negative, lambda v: v >= 0, ">= 0"),
+             (fractions, lambda v: 0 <= v <= 1, "in [0, 1]"), (rates, lambda v: 0 < v <= 1, "in (0, 1]"),
+             (open_fractions, lambda v: 0 < v < 1, "in (0, 1)")]
+    return [f"--{name.replace('_', '-')} must be {bound}, got {getattr(args, name)}"
+            for names, within, bound in rules for name in names
+            if getattr(args, name) is not None and not within(getattr(args, name))]
+
+
+def refuse(problems: list[str]) -> None:
+    """Stop before any work with every problem found, on one line."""
+    if problems:
+        raise SystemExit(f"{os.path.basename(__file__)}: " + "; ".join(problems))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 # ==== end mirror: common ====
 
 
-# ==== mirror: d4rl_antmaze (identical in d4rl_antmaze.py, collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py) ====
-import os
-import tempfile
-import xml.etree.ElementTree as ET
-
-import gymnasium
-import mujoco
-from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
-
-# D4RL's AntMaze on gymnasium's MujocoEnv. API:
-#   make_d4rl_antmaze_env(maze, seed=None, eval_goal_variant=None, render_mode=None, width=480, height=480,
-#                         max_episode_steps=None) -> gymnasium.Env (TimeLimit-wrapped D4RLAntMazeEnv)
-#       maze: "umaze" | "medium" | "large" | "ultra", or a D4RL env id ("antmaze-medium-play-v2", ...).
-#       seed seeds the first reset() called without a seed (goal sampling and reset noise).
-#       Observation: float64 [29] = qpos[:15] ++ qvel[:14] = x, y, z, quaternion (w, x, y, z), 8 joint
-#       angles, vx, vy, vz, 3 angular velocities, 8 joint velocities; xy in the D4RL frame.
-#       Action: float [8] in [-1, 1]; motor torque = 30 * action (D4RL's NormalizedBoxEnv over ctrlrange +-30).
-#       Reward 1.0 and terminated=True when the torso xy is within 0.5 of the episode's goal, else 0.0;
-#       truncated after 700 (umaze), 1000 (medium, large) or 2000 (ultra) steps. info: success, goal.
-#   d4rl_antmaze_name(env_id) -> maze name;  d4rl_antmaze_cell_xy(maze, row, col) -> cell centre (x, y)
-#   sample_d4rl_antmaze_goal(maze, variant, rng) -> goal xy;  d4rl_antmaze_goal_box(maze, variant) -> (low, high)
-#   d4rl_antmaze_xml(maze) -> the MJCF text of the ant in the maze
-#   Constants: D4RL_ANTMAZE_MAPS, D4RL_ANTMAZE_GOAL_CENTRES (leq-spec section 6 termination centres, D4RL
-#   frame), D4RL_ANTMAZE_MAX_EPISODE_STEPS, D4RL_ANTMAZE_DEFAULT_GOAL_VARIANT, D4RL_ANT_XML_CHANGES, ...
-# The D4RL frame puts (0, 0) at the centre of the start cell "r", x grows with the column and y with the
-# row: cell (row, col) has its centre at (col * 4 - col_r * 4, row * 4 - row_r * 4).
-# Sources: D4RL d4rl/locomotion/{ant.py, maze_env.py, goal_reaching_env.py, wrappers.py, __init__.py,
-# assets/ant.xml}; kwanyoungpark/LEQ d4rl_ext/locomotion/{maze_env.py, ant.py, assets/ant.xml, __init__.py}.
+# ==== mirror: d4rl_antmaze_maps (identical in d4rl_antmaze.py, collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py) ====
+# D4RL's AntMaze layouts and goal centres (the d4rl_antmaze block builds its environment from them).
 
 # The evaluation layouts: D4RL maze_env.py U_MAZE_TEST, BIG_MAZE_TEST, HARDEST_MAZE_TEST (registered
 # for antmaze-{umaze,medium,large}-*-v2) and LEQ d4rl_ext maze_env.py ULTRA_MAZE_TEST (antmaze-ultra-*-v0).
@@ -391,6 +415,39 @@ D4RL_ANTMAZE_GOAL_CENTRES = {
     "large": (32.75, 24.75),
     "ultra": (52.75, 36.75),
 }
+# ==== end mirror: d4rl_antmaze_maps ====
+
+
+# ==== mirror: d4rl_antmaze (identical in d4rl_antmaze.py, fqe_pretrain.py, leq_state.py) ====
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+
+import gymnasium
+import mujoco
+from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+
+# D4RL's AntMaze on gymnasium's MujocoEnv. API:
+#   make_d4rl_antmaze_env(maze, seed=None, eval_goal_variant=None, render_mode=None, width=480, height=480,
+#                         max_episode_steps=None) -> gymnasium.Env (TimeLimit-wrapped D4RLAntMazeEnv)
+#       maze: "umaze" | "medium" | "large" | "ultra", or a D4RL env id ("antmaze-medium-play-v2", ...).
+#       seed seeds the first reset() called without a seed (goal sampling and reset noise).
+#       Observation: float64 [29] = qpos[:15] ++ qvel[:14] = x, y, z, quaternion (w, x, y, z), 8 joint
+#       angles, vx, vy, vz, 3 angular velocities, 8 joint velocities; xy in the D4RL frame.
+#       Action: float [8] in [-1, 1]; motor torque = 30 * action (D4RL's NormalizedBoxEnv over ctrlrange +-30).
+#       Reward 1.0 and terminated=True when the torso xy is within 0.5 of the episode's goal, else 0.0;
+#       truncated after 700 (umaze), 1000 (medium, large) or 2000 (ultra) steps. info: success, goal.
+#   d4rl_antmaze_name(env_id) -> maze name;  d4rl_antmaze_cell_xy(maze, row, col) -> cell centre (x, y)
+#   sample_d4rl_antmaze_goal(maze, variant, rng) -> goal xy;  d4rl_antmaze_goal_box(maze, variant) -> (low, high)
+#   d4rl_antmaze_xml(maze) -> the MJCF text of the ant in the maze
+#   Constants: D4RL_ANTMAZE_MAPS, D4RL_ANTMAZE_GOAL_CENTRES (leq-spec section 6 termination centres, D4RL
+#   frame), D4RL_ANTMAZE_MAX_EPISODE_STEPS, D4RL_ANTMAZE_DEFAULT_GOAL_VARIANT, D4RL_ANT_XML_CHANGES, ...
+# The D4RL frame puts (0, 0) at the centre of the start cell "r", x grows with the column and y with the
+# row: cell (row, col) has its centre at (col * 4 - col_r * 4, row * 4 - row_r * 4).
+# Sources: D4RL d4rl/locomotion/{ant.py, maze_env.py, goal_reaching_env.py, wrappers.py, __init__.py,
+# assets/ant.xml}; kwanyoungpark/LEQ d4rl_ext/locomotion/{maze_env.py, ant.py, assets/ant.xml, __init__.py}.
+
+
 # D4RL __init__.py (v2 ids) and LEQ d4rl_ext __init__.py (ultra v0 ids): max_episode_steps.
 D4RL_ANTMAZE_MAX_EPISODE_STEPS = {"umaze": 700, "medium": 1000, "large": 1000, "ultra": 2000}
 D4RL_ANTMAZE_SCALING = 4.0  # metres per cell (registrations: maze_size_scaling=4.0)
@@ -457,13 +514,6 @@ def _d4rl_antmaze_variant(variant: str) -> str:
     if variant not in D4RL_ANTMAZE_GOAL_OFFSETS:
         raise ValueError(f"unknown eval goal variant {variant!r}: use one of {sorted(D4RL_ANTMAZE_GOAL_OFFSETS)}")
     return variant
-
-
-def d4rl_antmaze_goal_box(maze: str, variant: str) -> tuple[np.ndarray, np.ndarray]:
-    """(low, high) corners of the square the eval goal is drawn from (the maze's one goal cell)."""
-    (goal_cell,) = _d4rl_antmaze_cells(maze, "g")
-    corner = d4rl_antmaze_cell_xy(maze, *goal_cell) + D4RL_ANTMAZE_GOAL_OFFSETS[_d4rl_antmaze_variant(variant)]
-    return np.maximum(corner, 0.0), np.maximum(corner + 0.375 * D4RL_ANTMAZE_SCALING, 0.0)
 
 
 def sample_d4rl_antmaze_goal(maze: str, variant: str, rng: np.random.Generator) -> np.ndarray:
@@ -617,7 +667,6 @@ generated automatically for the datasets this project makes), a Minari id (e.g. 
 """
 import hashlib
 import warnings
-from collections import deque
 
 # 1 = wall, 0 = free: D4RL's layouts (the d4rl_antmaze block) without the start and goal letters; rows in D4RL's
 # order (gymnasium-robotics draws row 0 at the top, +y).
@@ -628,14 +677,6 @@ MAZE_START_GOAL_CELLS = {"umaze": ((1, 1), (3, 1)), "medium": ((1, 1), (6, 6)), 
 # reversed, i.e. D4RL's umaze moved without mirroring (datasets-and-envs.md §2.4). We evaluate on that map.
 MINARI_ANTMAZE_UMAZE_START_GOAL = ((3, 1), (1, 1))
 MAZE_SCALING = {"antmaze": 4.0, "pointmaze": 1.0}  # metres per cell (hard-coded in gymnasium-robotics)
-PLAY_GOAL_CELLS = {  # "play" data: goals from these few cells only ("diverse": from every free cell)
-    "umaze": [(1, 1), (1, 3), (3, 1)],
-    "medium": [(1, 1), (2, 6), (5, 1), (6, 5), (6, 6)],
-    "large": [(1, 1), (1, 6), (3, 5), (3, 10), (5, 2), (7, 4), (7, 6), (7, 9)],
-    "ultra": [(1, 1), (1, 14), (3, 9), (5, 3), (5, 13), (8, 5), (8, 11), (10, 4), (10, 14)],
-}
-POINTMAZE_RANDOM_ACTION_SHARE = 0.2  # generated pointmaze data: share of uniform-random-action steps (README)
-RANDOM_EPISODE_STEPS = 500  # length of each random-action episode, from a random reset
 # gymnasium-robotics' PointMaze episode lengths; ultra (not registered there) twice large's, as for the antmaze
 POINTMAZE_EPISODE_STEPS = {"umaze": 300, "medium": 600, "large": 800, "ultra": 1600}
 ANTMAZE_EPISODE_STEPS = {"umaze": 700, "medium": 1000, "large": 1000, "ultra": 2000}  # D4RL episode lengths
@@ -646,10 +687,6 @@ TAP_ULTRA_URL = ("https://github.com/ZhengyaoJiang/d4rl/releases/download/public
                  "Ant_maze_ultra_noisy_multistart_True_multigoal_{}_sparse.hdf5")
 ROBOTS = {  # gymnasium class name, action dim, obs dim (D4RL layout), obs dim (NeoRL layout, with x)
     "hopper": ("Hopper", 3, 11, 12), "walker2d": ("Walker2d", 6, 17, 18), "halfcheetah": ("HalfCheetah", 6, 17, 18)}
-D4RL_REF_RETURNS = {"hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3),
-                    "halfcheetah": (-280.178953, 12135.0)}  # (random, expert), d4rl/gym_mujoco/__init__.py
-NEORL_REF_RETURNS = {"hopper": (5.0, 3294.0), "walker2d": (1.0, 5143.0),
-                     "halfcheetah": (-298.0, 12284.0)}  # (min, max), leq-spec §1
 TAU_TABLE_10 = {  # paper Table 10; 0.1 where the paper has no entry
     "antmaze-umaze": 0.1, "antmaze-umaze-diverse": 0.1, "antmaze-medium-play": 0.3, "antmaze-medium-diverse": 0.1,
     "antmaze-large-play": 0.3, "antmaze-large-diverse": 0.3, "antmaze-ultra-play": 0.1, "antmaze-ultra-diverse": 0.1,
@@ -661,9 +698,7 @@ TAU_TABLE_10 = {  # paper Table 10; 0.1 where the paper has no entry
     "Walker2d-v3-medium": 0.1, "Walker2d-v3-high": 0.1, "HalfCheetah-v3-low": 0.1, "HalfCheetah-v3-medium": 0.3,
     "HalfCheetah-v3-high": 0.3,
 }
-VIDEO_SIZE = 256  # pixels per side of evaluation videos
 GENERATED_NAMESPACE = "leq"  # Minari namespace of the datasets this project generates
-GENERATED_STEPS = 1_000_000  # transitions of a generated default dataset
 
 
 @dataclass(frozen=True)
@@ -1089,42 +1124,17 @@ def maze_goal_centre(task: Task, frame: str, dataset_id: str | None = None) -> n
 
 def _in_goal_region(next_obs: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
     return (np.linalg.norm(next_obs[:, :2] - centre, axis=-1) <= radius).astype(np.float32)
+# ==== end mirror: task ====
 
 
-# ---- termination functions (leq-spec §6) ------------------------------------------------------------------------
+# ==== mirror: evaluate (identical in fqe_pretrain.py, leq_state.py) ====
+# Evaluation in the real environment: episodes, success, D4RL-normalised scores, videos.
 
-def make_termination_fn(task: Task, data: OfflineData, goal_radius: float | None = None):
-    """fn(obs, act, next_obs) -> bool tensor [B]: True where the true environment would terminate."""
-    if task.family in ("antmaze", "pointmaze"):
-        centre_x, centre_y = map(float, maze_goal_centre(task, data.maze_frame, data.source.removeprefix("minari:")))
-        radius_sq = float(goal_radius if goal_radius is not None else task.goal_radius) ** 2
 
-        def maze_done(obs, act, next_obs):  # Python-float constants: no tensor to move, CUDA-graph friendly
-            return (next_obs[:, 0] - centre_x) ** 2 + (next_obs[:, 1] - centre_y) ** 2 <= radius_sq
-
-        return maze_done
-    offset = 1 if task.family == "neorl" else 0  # NeoRL observations start with x: z, angle shift by one
-
-    def hopper_done(obs, act, next_obs):
-        height, angle = next_obs[:, offset], next_obs[:, offset + 1]
-        state = next_obs[:, 3:] if offset else next_obs[:, 1:]
-        alive = (torch.isfinite(next_obs).all(-1) & (state.abs() < 100).all(-1) & (height > 0.7)
-                 & (angle.abs() < 0.2))
-        return ~alive
-
-    def walker2d_done(obs, act, next_obs):
-        height, angle = next_obs[:, offset], next_obs[:, offset + 1]
-        state = next_obs[:, offset + 2:] if offset else next_obs
-        alive = (((state > -100) & (state < 100)).all(-1) & (height > 0.8) & (height < 2.0)
-                 & (angle > -1.0) & (angle < 1.0))
-        return ~alive
-
-    def halfcheetah_done(obs, act, next_obs):
-        if offset:  # NeoRL's own rule: HalfCheetah never terminates (x grows without bound)
-            return torch.zeros(next_obs.shape[0], dtype=torch.bool, device=next_obs.device)
-        return ~((next_obs > -100) & (next_obs < 100)).all(-1)
-
-    return {"hopper": hopper_done, "walker2d": walker2d_done, "halfcheetah": halfcheetah_done}[task.robot]
+D4RL_REF_RETURNS = {"hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3),
+                    "halfcheetah": (-280.178953, 12135.0)}  # (random, expert), d4rl/gym_mujoco/__init__.py
+NEORL_REF_RETURNS = {"hopper": (5.0, 3294.0), "walker2d": (1.0, 5143.0),
+                     "halfcheetah": (-298.0, 12284.0)}  # (min, max), leq-spec §1
 
 
 # ---- evaluation ---------------------------------------------------------------------------------------------------
@@ -1157,41 +1167,6 @@ def _flat_maze_obs(task: Task):
     return to_obs
 
 
-def _maze_map(task: Task, start, goal) -> list:
-    layout = [list(row) for row in MAZE_LAYOUTS[task.maze]]
-    layout[start[0]][start[1]], layout[goal[0]][goal[1]] = "r", "g"
-    return layout
-
-
-ADROIT_NOTICE = "environment's reward functions were updated in v1.2.1 without an environment version update"
-
-
-def import_gymnasium_robotics():
-    """gymnasium_robotics, without the notice it prints at import about its Adroit hand envs' rewards (none of
-    our tasks). It is a print to stderr, not a warning, so it is caught there; anything else printed passes."""
-    import contextlib
-    import io
-
-    printed = io.StringIO()
-    with contextlib.redirect_stderr(printed):
-        import gymnasium_robotics
-    lines = printed.getvalue().splitlines(keepends=True)
-    sys.stderr.write("".join(line for line in lines if ADROIT_NOTICE not in line))
-    return gymnasium_robotics
-
-
-def make_maze_env(task: Task, maze_map, continuing_task: bool, max_episode_steps: int, render_mode=None, **kwargs):
-    """A gymnasium-robotics PointMaze (v3) or AntMaze (v4, 27-dim ant obs as Minari's data) on `maze_map`."""
-    import gymnasium as gym
-
-    gym.register_envs(import_gymnasium_robotics())
-    env_id = "PointMaze_UMaze-v3" if task.family == "pointmaze" else "AntMaze_UMaze-v4"
-    if render_mode is not None:
-        kwargs.update(width=VIDEO_SIZE, height=VIDEO_SIZE)
-    return gym.make(env_id, maze_map=maze_map, continuing_task=continuing_task, max_episode_steps=max_episode_steps,
-                    render_mode=render_mode, **kwargs)
-
-
 def make_eval_env(task: Task, data: OfflineData, render_mode=None) -> EvalEnv:
     """The environment that scores a policy trained on `data`: episodes end on success for mazes."""
     if task.family == "antmaze" and data.maze_frame == "d4rl":
@@ -1205,15 +1180,6 @@ def make_eval_env(task: Task, data: OfflineData, render_mode=None) -> EvalEnv:
         kwargs.update(width=VIDEO_SIZE, height=VIDEO_SIZE)
     env = make_locomotion_env(task, data.eval_gym_id or _default_eval_gym_id(task), render_mode=render_mode, **kwargs)
     return EvalEnv(env, lambda obs: obs.astype(np.float32))
-
-
-def make_locomotion_env(task: Task, gym_id: str, **kwargs):
-    """gymnasium's MuJoCo env `gym_id`; v4 is chosen on purpose (D4RL's dynamics), so its deprecation note is muted."""
-    import gymnasium as gym
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is out of date", category=DeprecationWarning)
-        return gym.make(gym_id, max_episode_steps=task.max_episode_steps, **kwargs)
 
 
 def make_antmaze_eval_env_for_d4rl_data(task: Task, render_mode=None) -> EvalEnv:
@@ -1285,258 +1251,60 @@ def _write_video(frames: list, path: str, fps: int) -> None:
     except Exception as error:
         raise SystemExit(f"could not write the video {path} ({type(error).__name__}: {error}); a .gif path needs "
                          f"no extra package, .mp4 needs `pip install imageio-ffmpeg`.") from None
+# ==== end mirror: evaluate ====
 
 
-# ---- datasets this project generates -----------------------------------------------------------------------------
-
-def generate_dataset(task: Task, steps: int = GENERATED_STEPS, seed: int = 0, force: bool = False,
-                     dataset_id: str | None = None, random_action_share: float = POINTMAZE_RANDOM_ACTION_SHARE) -> str:
-    """Collect `steps` transitions in the real environment and store them as a Minari dataset; returns its id.
-
-    pointmaze-*: cell planner + PD controller with action noise (D4RL/Minari style), a new goal at each success,
-    then `random_action_share` of the steps as uniform-random-action episodes from random resets (the wall contacts
-    the world model needs; 0 gives Minari-style data, stored under the -v1 id);
-    {hopper,walker2d,halfcheetah}-random: uniform random actions in the gymnasium v4 env (D4RL's layout);
-    antmaze-*: uniform random actions in gymnasium-robotics' AntMaze (for tests only: no ant controller here)."""
-    if task.family == "pointmaze" or (task.family == "locomotion" and task.level == "random"):
-        dataset_id = dataset_id or task.default_dataset
-        collect = collect_locomotion_random
-        if task.family == "pointmaze":
-            if random_action_share != POINTMAZE_RANDOM_ACTION_SHARE and dataset_id == task.default_dataset:
-                if random_action_share != 0.0:
-                    raise SystemExit(f"--random-action-share {random_action_share} is neither the default "
-                                     f"({POINTMAZE_RANDOM_ACTION_SHARE}) nor 0 (Minari-style): name the dataset with "
-                                     f"--dataset-id.")
-                dataset_id = dataset_id.removesuffix("-v2") + "-v1"
-            collect = lambda task, steps, seed: collect_pointmaze(task, steps, seed, random_action_share)
-    elif task.family == "antmaze":
-        dataset_id = dataset_id or f"{GENERATED_NAMESPACE}/antmaze/{task.maze}-random-v0"
-        collect = collect_antmaze_random
-    else:
-        raise SystemExit(f"{task.env_id}: this project generates only pointmaze-*, *-random locomotion and (for "
-                         f"tests) random-action antmaze data. {_how_to_get_data(task)}")
-    target = minari_root() / dataset_id
-    if (target / "data").is_dir() and not force:
-        raise SystemExit(f"{target} already exists; pass --force to replace it.")
-    episodes, env, summary = collect(task, steps, seed)
-    _write_minari(dataset_id, episodes, env, summary, seed)
-    print(summary)
-    return dataset_id
+# ==== mirror: envs (identical in collect_dataset.py, fqe_pretrain.py, leq_state.py) ====
+# The real environments of the state tasks: pointmaze and antmaze from gymnasium-robotics, locomotion.
+import warnings
 
 
-def _write_minari(dataset_id: str, episodes: list, env, description: str, seed: int) -> None:
-    """Write to a temporary root, then move into place: a crash never leaves half a dataset."""
-    import shutil
-
-    import minari
-
-    root = minari_root()
-    tmp_root = root / f".tmp-{os.getpid()}"
-    previous = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(tmp_root)
-    try:
-        minari.create_dataset_from_buffers(
-            dataset_id=dataset_id, buffer=episodes, env=env, eval_env=env.spec,
-            algorithm_name=description.split(":")[0],
-            author="leq-pytorch collect_dataset.py", author_email="n/a", code_permalink="collect_dataset.py",
-            description=f"{description} (seed {seed})")
-    finally:
-        if previous is None:
-            os.environ.pop("MINARI_DATASETS_PATH")
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = previous
-        env.close()
-    target = root / dataset_id
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp_root / dataset_id, target)
-    shutil.rmtree(tmp_root, ignore_errors=True)
+VIDEO_SIZE = 256  # pixels per side of evaluation videos
 
 
-def _episode_buffer(index: int, seed, observations, actions, rewards, terminations, truncations):
-    from minari.data_collector import EpisodeBuffer
-
-    as_array = (lambda v: {k: np.asarray(x) for k, x in v.items()}) if isinstance(observations, dict) else np.asarray
-    return EpisodeBuffer(id=index, seed=seed, observations=as_array(observations),
-                         actions=np.asarray(actions, dtype=np.float32), rewards=np.asarray(rewards, dtype=np.float64),
-                         terminations=np.asarray(terminations, dtype=bool),
-                         truncations=np.asarray(truncations, dtype=bool))
-
-
-class MazePlanner:
-    """Shortest paths over maze cells (BFS from the goal cell) and the next waypoint toward the goal."""
-
-    def __init__(self, task: Task):
-        self.task, self.layout, self.distances = task, MAZE_LAYOUTS[task.maze], {}
-        self.scale = MAZE_SCALING[task.family]
-
-    def cell_of(self, xy) -> tuple:
-        rows, cols = len(self.layout), len(self.layout[0])
-        return int(np.floor(rows / 2 - xy[1] / self.scale)), int(np.floor(xy[0] / self.scale + cols / 2))
-
-    def _distances_to(self, goal_cell) -> dict:
-        if goal_cell not in self.distances:
-            distance, queue = {goal_cell: 0}, deque([goal_cell])
-            while queue:
-                row, col = queue.popleft()
-                for neighbour in ((row + 1, col), (row - 1, col), (row, col + 1), (row, col - 1)):
-                    if self.layout[neighbour[0]][neighbour[1]] != 1 and neighbour not in distance:
-                        distance[neighbour] = distance[(row, col)] + 1
-                        queue.append(neighbour)
-            self.distances[goal_cell] = distance
-        return self.distances[goal_cell]
-
-    def waypoint(self, xy, goal_xy) -> np.ndarray:
-        """The goal itself in the goal's cell, else the centre of the neighbouring cell one step closer."""
-        here, goal_cell = self.cell_of(xy), self.cell_of(goal_xy)
-        distance = self._distances_to(goal_cell)
-        if here == goal_cell or here not in distance:
-            return np.asarray(goal_xy)
-        row, col = here
-        step = min(((row + 1, col), (row - 1, col), (row, col + 1), (row, col - 1)),
-                   key=lambda cell: distance.get(cell, np.inf))
-        return cell_centre(self.task, step)
-
-    def next_waypoint(self, xy, goal_xy, rng: np.random.Generator) -> np.ndarray:
-        """Minari's waypoint after the one at xy: the next cell centre jittered by -U(0, 0.2) per axis, or the goal."""
-        waypoint = self.waypoint(cell_centre(self.task, self.cell_of(xy)), goal_xy)
-        if self.cell_of(waypoint) == self.cell_of(goal_xy):
-            return np.asarray(goal_xy)
-        return waypoint - rng.uniform(0.0, 0.2, 2)
-
-
-def collect_pointmaze(task: Task, steps: int, seed: int, random_action_share: float = 0.0):
-    """PointMaze driven as Minari's pointmaze data: PD control a = 10 (waypoint - xy) - v + N(0, 0.5^2) toward
-    each waypoint of a shortest cell path (MazePlanner.next_waypoint), held until the point is within 0.1 of it.
-    Holding each waypoint makes the point overshoot at turns and touch walls; without that contact data the world
-    model cannot learn that walls stop the point. The env draws a new goal at each
-    success, and an episode ends there (or after max_episode_steps without success, when the env is reset).
-    The last `random_action_share` of the steps are uniform-random-action episodes of RANDOM_EPISODE_STEPS steps,
-    each from a random reset: they press into walls and corners that the planner's paths never touch."""
-    from tqdm import tqdm
-
+def _maze_map(task: Task, start, goal) -> list:
     layout = [list(row) for row in MAZE_LAYOUTS[task.maze]]
-    if task.level == "play":
-        for row, col in PLAY_GOAL_CELLS[task.maze]:
-            layout[row][col] = "g"  # goals only here; resets anywhere
-    env = make_maze_env(task, layout, continuing_task=True, max_episode_steps=10 * steps + 1, reset_target=True)
-    planner, rng = MazePlanner(task), np.random.default_rng(seed)
-    episodes, reached, timed_out = [], 0, 0
-    obs, _ = env.reset(seed=seed)
-    episode, waypoint = _new_maze_episode(obs), None
-    planner_steps = steps - round(random_action_share * steps)
-    for _ in tqdm(range(planner_steps), desc=f"collecting {task.env_id}", mininterval=1.0):
-        point = obs["observation"]
-        goal = env.unwrapped.goal.copy()  # the obs of a success step still shows the goal just reached
-        if waypoint is None:
-            waypoint = planner.next_waypoint(point[:2], goal, rng)
-        elif np.linalg.norm(waypoint - point[:2]) < 0.1:  # Minari's waypoint threshold
-            waypoint = planner.next_waypoint(waypoint, goal, rng)
-        action = 10.0 * (waypoint - point[:2]) - point[2:] + rng.normal(0.0, 0.5, 2)
-        action = np.clip(action, -1.0, 1.0).astype(np.float32)
-        obs, reward, terminated, _, info = env.step(action)
-        too_long = len(episode["actions"]) + 1 >= task.max_episode_steps and not info["success"]
-        _append_maze_step(episode, obs, action, reward, terminated, info["success"] or too_long)
-        reached += info["success"]
-        if info["success"] or too_long:
-            episodes.append(_episode_buffer(len(episodes), seed, **episode))
-            timed_out += too_long
-            if too_long:
-                obs, _ = env.reset()
-            episode, waypoint = _new_maze_episode(obs), None
-    if episode["actions"]:
-        episode["truncations"][-1] = True
-        episodes.append(_episode_buffer(len(episodes), seed, **episode))
-    rate = reached / max(reached + timed_out, 1)
-    summary = (f"planner+PD: {planner_steps} steps, {len(episodes)} episodes; the controller reached its goal in "
-               f"{reached} of {reached + timed_out} finished episodes ({100 * rate:.1f}%)")
-    if planner_steps < steps:
-        random_episodes = random_maze_episodes(env, steps - planner_steps, rng, seed, first_index=len(episodes))
-        episodes += random_episodes
-        summary += f"; then uniform random actions: {steps - planner_steps} steps, {len(random_episodes)} episodes"
-    return episodes, env, summary
+    layout[start[0]][start[1]], layout[goal[0]][goal[1]] = "r", "g"
+    return layout
 
 
-def random_maze_episodes(env, steps: int, rng: np.random.Generator, seed: int, first_index: int) -> list:
-    """Episodes of uniform random actions, each RANDOM_EPISODE_STEPS long (the last one shorter) from a new reset."""
-    episodes = []
-    for begin in range(0, steps, RANDOM_EPISODE_STEPS):
-        obs, _ = env.reset()
-        episode = _new_maze_episode(obs)
-        length = min(RANDOM_EPISODE_STEPS, steps - begin)
-        for t in range(length):
-            action = rng.uniform(-1.0, 1.0, 2).astype(np.float32)
-            obs, reward, terminated, _, _ = env.step(action)
-            _append_maze_step(episode, obs, action, reward, terminated, t == length - 1)
-        episodes.append(_episode_buffer(first_index + len(episodes), seed, **episode))
-    return episodes
+ADROIT_NOTICE = "environment's reward functions were updated in v1.2.1 without an environment version update"
 
 
-def _new_maze_episode(obs) -> dict:
-    return {"observations": {key: [value] for key, value in obs.items()}, "actions": [], "rewards": [],
-            "terminations": [], "truncations": []}
+def import_gymnasium_robotics():
+    """gymnasium_robotics, without the notice it prints at import about its Adroit hand envs' rewards (none of
+    our tasks). It is a print to stderr, not a warning, so it is caught there; anything else printed passes."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stderr(printed):
+        import gymnasium_robotics
+    lines = printed.getvalue().splitlines(keepends=True)
+    sys.stderr.write("".join(line for line in lines if ADROIT_NOTICE not in line))
+    return gymnasium_robotics
 
 
-def _append_maze_step(episode, obs, action, reward, terminated, truncated) -> None:
-    for key, value in obs.items():
-        episode["observations"][key].append(value)
-    episode["actions"].append(action)
-    episode["rewards"].append(reward)
-    episode["terminations"].append(terminated)
-    episode["truncations"].append(truncated)
+def make_maze_env(task: Task, maze_map, continuing_task: bool, max_episode_steps: int, render_mode=None, **kwargs):
+    """A gymnasium-robotics PointMaze (v3) or AntMaze (v4, 27-dim ant obs as Minari's data) on `maze_map`."""
+    import gymnasium as gym
+
+    gym.register_envs(import_gymnasium_robotics())
+    env_id = "PointMaze_UMaze-v3" if task.family == "pointmaze" else "AntMaze_UMaze-v4"
+    if render_mode is not None:
+        kwargs.update(width=VIDEO_SIZE, height=VIDEO_SIZE)
+    return gym.make(env_id, maze_map=maze_map, continuing_task=continuing_task, max_episode_steps=max_episode_steps,
+                    render_mode=render_mode, **kwargs)
 
 
-def collect_antmaze_random(task: Task, steps: int, seed: int):
-    """Uniform random actions in gymnasium-robotics' AntMaze on the eval map (tests only: the ant barely moves)."""
-    from tqdm import tqdm
+def make_locomotion_env(task: Task, gym_id: str, **kwargs):
+    """gymnasium's MuJoCo env `gym_id`; v4 is chosen on purpose (D4RL's dynamics), so its deprecation note is muted."""
+    import gymnasium as gym
 
-    env = make_maze_env(task, _maze_map(task, *MAZE_START_GOAL_CELLS[task.maze]), True, task.max_episode_steps)
-    env.action_space.seed(seed)
-    episodes = []
-    obs, _ = env.reset(seed=seed)
-    episode = _new_maze_episode(obs)
-    for _ in tqdm(range(steps), desc=f"collecting random {task.env_id}", mininterval=1.0):
-        action = env.action_space.sample()
-        obs, reward, terminated, truncated, _ = env.step(action)
-        _append_maze_step(episode, obs, action, reward, terminated, truncated)
-        if terminated or truncated:
-            episodes.append(_episode_buffer(len(episodes), seed, **episode))
-            obs, _ = env.reset()
-            episode = _new_maze_episode(obs)
-    if episode["actions"]:
-        episode["truncations"][-1] = True
-        episodes.append(_episode_buffer(len(episodes), seed, **episode))
-    return episodes, env, f"random actions: {steps} steps, {len(episodes)} episodes"
-
-
-def collect_locomotion_random(task: Task, steps: int, seed: int):
-    """Uniform random actions in the gymnasium v4 env (D4RL's observation layout), episodes of at most 1000 steps."""
-    from tqdm import tqdm
-
-    env = make_locomotion_env(task, _default_eval_gym_id(task))
-    env.action_space.seed(seed)
-    episodes, returns = [], []
-    obs, _ = env.reset(seed=seed)
-    episode = {"observations": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
-    for _ in tqdm(range(steps), desc=f"collecting {task.env_id}", mininterval=1.0):
-        action = env.action_space.sample()
-        obs, reward, terminated, truncated, _ = env.step(action)
-        for key, value in (("observations", obs), ("actions", action), ("rewards", reward),
-                           ("terminations", terminated), ("truncations", truncated)):
-            episode[key].append(value)
-        if terminated or truncated:
-            episodes.append(_episode_buffer(len(episodes), seed, **episode))
-            returns.append(sum(episode["rewards"]))
-            obs, _ = env.reset()
-            episode = {"observations": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
-    if episode["actions"]:
-        episode["truncations"][-1] = True
-        episodes.append(_episode_buffer(len(episodes), seed, **episode))
-    summary = (f"random actions: {steps} steps, {len(episodes)} episodes, mean finished-episode return "
-               f"{np.mean(returns) if returns else float('nan'):.1f}")
-    return episodes, env, summary
-# ==== end mirror: task ====
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is out of date", category=DeprecationWarning)
+        return gym.make(gym_id, max_episode_steps=task.max_episode_steps, **kwargs)
+# ==== end mirror: envs ====
 
 
 # ==== mirror: agent (identical in fqe_pretrain.py, leq_state.py) ====
@@ -1765,11 +1533,6 @@ def run_updates(update, steps: int, desc: str, log_interval: int, use_cudagraphs
     return averages
 
 
-@torch.no_grad()
-def policy_value(critic: Critic, actor: Actor, obs: torch.Tensor) -> torch.Tensor:
-    return critic(obs, actor(obs))
-
-
 def pretrain_checkpoint_path(env_id: str, seed: int, fingerprint: str) -> Path:
     return Path("checkpoints") / "pretrain" / f"{env_id}__seed{seed}__{fingerprint[:10]}.pt"
 
@@ -1801,143 +1564,7 @@ def save_pretrain_checkpoint(path, actor: Actor, critic: Critic, ema_critic: Cri
         },
         path,
     )
-
-
-def load_pretrain_checkpoint(path, fingerprint: str | None, device):
-    """Rebuild actor, critic and EMA critic on `device` from a pretrain checkpoint of this dataset."""
-    checkpoint = load_checkpoint(path, "pretrain", fingerprint, device)
-    sizes, stats = checkpoint["network"], checkpoint["normalization"]
-    hidden = {"hidden_dim": sizes["hidden_dim"], "num_layers": sizes["num_layers"]}
-    actor = Actor(stats["obs_mean"], stats["obs_std"], sizes["act_dim"], **hidden,
-                  trainable_scaler=sizes.get("trainable_scaler", False)).to(device)
-    critic = Critic(stats["obs_act_mean"], stats["obs_act_std"], **hidden).to(device)
-    ema_critic = ema_copy(critic)
-    actor.load_state_dict(checkpoint["actor"])
-    critic.load_state_dict(checkpoint["critic"])
-    ema_critic.load_state_dict(checkpoint["ema_critic"])
-    return actor, critic, ema_critic, checkpoint
 # ==== end mirror: agent ====
-
-
-# Measured on the development CPU (eager and compiled steps interleaved, cold compile included): compiling pays
-# back after about 7.5k BC steps (4% faster) and 11k FQE steps (16% faster); eager below this many steps.
-CPU_COMPILE_PAYS_AFTER = 20_000
-
-
-def check_args(args: Args) -> torch.device:
-    """Every argument, the device and where the data is, checked in seconds before any work. Returns the device."""
-    device = check_device(args)
-    refuse(out_of_range(
-        args,
-        positive=("bc_batch_size", "fqe_batch_size", "hidden_dim", "num_layers", "log_interval", "bc_lr", "fqe_lr"),
-        non_negative=("bc_steps", "fqe_steps", "eval_episodes"),
-        rates=("gamma", "ema_rate"),
-    ))
-    locate_dataset(get_task(args.env_id), args.dataset_path)
-    return device
-
-
-def episode_start_indices(episode_ends: np.ndarray) -> np.ndarray:
-    """Index 0 and every transition that follows the end of a trajectory."""
-    ends = np.flatnonzero(np.asarray(episode_ends)[:-1] > 0.5)
-    return np.concatenate([[0], ends + 1])
-
-
-def sanity_check(task, data, actor, critic, args: Args, device) -> dict:
-    """FQE's value of the BC policy at start states next to the policy's discounted return in the environment."""
-    start_obs = torch.as_tensor(data.observations[episode_start_indices(data.episode_ends)], device=device)
-    dataset_estimate = policy_value(critic, actor, start_obs)
-    result = {"fqe_value_dataset_starts": dataset_estimate.mean().item(), "dataset_starts": len(start_obs)}
-    if args.eval_episodes == 0:
-        return result
-    env_start_values = []
-
-    @torch.no_grad()
-    def policy(obs: np.ndarray) -> np.ndarray:
-        obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
-        if not env_start_values:  # the first call sees every episode's initial state
-            env_start_values.append(policy_value(critic, actor, obs).cpu().numpy())
-        return actor(obs).cpu().numpy()
-
-    stats = evaluate(task, data, policy, num_episodes=args.eval_episodes, seed=args.seed, gamma=args.gamma)
-    # FQE values the task without a time limit; episodes stop after T steps, leaving out gamma^T V(s_T).
-    largest_reward = np.abs(np.asarray(data.rewards) * data.reward_scale + data.reward_shift).max()
-    tail = args.gamma ** task.max_episode_steps * largest_reward / (1 - args.gamma) if args.gamma < 1 else np.inf
-    result.update(
-        truncation_tail_bound=float(tail),
-        fqe_value_env_starts=float(np.mean(env_start_values[0])),
-        discounted_return=float(np.mean(stats["discounted_returns"])),
-        discounted_return_std=float(np.std(stats["discounted_returns"])),
-        score=float(stats["mean"]),
-        score_std=float(stats["std"]),
-    )
-    return result
-
-
-def main(args: Args) -> dict:
-    device = check_args(args)
-    seed_everything(args.seed)
-    task = get_task(args.env_id)
-    data = load_dataset(task, args.dataset_path, args.download)
-    checkpoint_path = Path(args.checkpoint_path or pretrain_checkpoint_path(args.env_id, args.seed, data.fingerprint))
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run = init_tracking(args, run_name)
-    print(f"{args.env_id}: {len(data.observations)} transitions from {data.source}; device {device}, "
-          f"compile {'auto' if args.compile is None else args.compile}, cudagraphs {args.cudagraphs}")
-
-    transitions = transition_tensors(data, device)
-    stats = normalization_stats(data.observations, data.actions)
-    sizes = {"hidden_dim": args.hidden_dim, "num_layers": args.num_layers}
-    actor = Actor(stats["obs_mean"], stats["obs_std"], task.act_dim, **sizes).to(device)
-    critic = Critic(stats["obs_act_mean"], stats["obs_act_std"], **sizes).to(device)
-    ema_critic = ema_copy(critic)
-
-    def log_to(prefix: str, offset: int):
-        if run is None:
-            return None
-        return lambda step, metrics: run.log({f"{prefix}/{k}": v for k, v in metrics.items()}, step=offset + step)
-
-    metrics, timings = {}, {}
-    phases = (
-        ("bc", args.bc_steps, lambda: make_bc_update(
-            actor, torch.optim.Adam(actor.parameters(), lr=args.bc_lr), transitions, args.bc_batch_size)),
-        ("fqe", args.fqe_steps, lambda: make_fqe_update(
-            critic, ema_critic, actor, torch.optim.Adam(critic.parameters(), lr=args.fqe_lr), transitions,
-            args.fqe_batch_size, args.gamma, args.ema_rate)),
-    )
-    offset = 0
-    for name, steps, make_update in phases:
-        if steps == 0:
-            continue
-        use_compile = resolve_compile(args.compile, device, on_cpu=steps >= CPU_COMPILE_PAYS_AFTER)
-        update = compile_step(make_update(), use_compile, args.cudagraphs, device)
-        start = time.perf_counter()
-        metrics.update(run_updates(update, steps, name.upper(), args.log_interval, args.cudagraphs,
-                                   log_to(name, offset)))
-        timings[f"{name}_seconds"] = time.perf_counter() - start
-        print(f"{name.upper()}: {steps} steps in {timings[f'{name}_seconds']:.1f} s "
-              f"({steps / timings[f'{name}_seconds']:.1f} steps/s, compilation included)")
-        offset += steps
-
-    save_pretrain_checkpoint(checkpoint_path, actor, critic, ema_critic, data.fingerprint, args,
-                             metrics={**metrics, **timings})
-    print(f"checkpoint written: {checkpoint_path}")
-
-    check = sanity_check(task, data, actor, critic, args, device)
-    metrics.update(check)
-    print("final losses: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.endswith("loss")))
-    print(f"FQE estimate of the BC policy's value, Q(s0, pi(s0)) averaged over {check['dataset_starts']} "
-          f"starts of dataset trajectories: {check['fqe_value_dataset_starts']:.3f}")
-    if "discounted_return" in check:
-        print(f"FQE estimate at the environment's start states: {check['fqe_value_env_starts']:.3f}; actual "
-              f"discounted return (gamma {args.gamma}) over {args.eval_episodes} episodes: "
-              f"{check['discounted_return']:.3f} +- {check['discounted_return_std']:.3f} (episodes stop after "
-              f"{task.max_episode_steps} steps; the part of the value beyond is at most {check['truncation_tail_bound']:.3g})")
-        print(f"BC policy score (success rate x 100 for mazes): {check['score']:.1f} +- {check['score_std']:.1f}")
-    if run is not None:
-        run.summary.update({f"final/{k}": v for k, v in metrics.items()})
-        run.finish()
-    return metrics
 
 
 if __name__ == "__main__":

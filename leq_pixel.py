@@ -18,6 +18,8 @@ The whole pipeline, top to bottom:
     python leq_pixel.py --env-id walker_walk-medium_expert --dataset-path vd4rl_data/main/walker_walk/medium_expert/84px
 """
 
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -120,264 +122,6 @@ class Args:
     """wandb entity (team)"""
     exp_name: str = "leq_pixel"
     """experiment name, part of the run name"""
-
-
-# ==== mirror: common (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
-import contextlib
-import fcntl
-import json
-import math
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when torch sees a GPU, else the CPU; an explicit 'cuda' without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(
-            f"--device {name} was asked for, but torch {torch.__version__} sees no CUDA device "
-            f"(built with CUDA {torch.version.cuda}). Run with --device cpu, or install a CUDA build of torch."
-        )
-    return device
-
-
-def check_device(args) -> torch.device:
-    """The device --device names, after refusing the CUDA-only flags (--cudagraphs, --bf16) anywhere else."""
-    device = resolve_device(args.device)
-    for flag in ("cudagraphs", "bf16"):
-        if getattr(args, flag, False) and device.type != "cuda":
-            raise SystemExit(f"{os.path.basename(__file__)}: --{flag} needs a CUDA device, but the device is "
-                             f"{device}. Drop --{flag}.")
-    return device
-
-
-def resolve_compile(use_compile: bool | None, device: torch.device, on_cpu: bool = False) -> bool:
-    """--compile, or its default (None): on for CUDA; on the CPU `on_cpu`, the script's measured choice (README,
-    Speed: a CPU compile takes minutes and the compiled LEQ step is barely faster)."""
-    if use_compile is not None:
-        return use_compile
-    return device.type == "cuda" or on_cpu
-
-
-def out_of_range(args, positive=(), non_negative=(), fractions=(), rates=(), open_fractions=()) -> list[str]:
-    """One message per field of `args` outside its range: positive (> 0), non_negative (>= 0), fractions
-    (0 <= x <= 1), rates (0 < x <= 1), open_fractions (0 < x < 1). Fields set to None (a default chosen later)
-    are skipped."""
-    rules = [(positive, lambda v: v > 0, "> 0"), (non_negative, lambda v: v >= 0, ">= 0"),
-             (fractions, lambda v: 0 <= v <= 1, "in [0, 1]"), (rates, lambda v: 0 < v <= 1, "in (0, 1]"),
-             (open_fractions, lambda v: 0 < v < 1, "in (0, 1)")]
-    return [f"--{name.replace('_', '-')} must be {bound}, got {getattr(args, name)}"
-            for names, within, bound in rules for name in names
-            if getattr(args, name) is not None and not within(getattr(args, name))]
-
-
-def refuse(problems: list[str]) -> None:
-    """Stop before any work with every problem found, on one line."""
-    if problems:
-        raise SystemExit(f"{os.path.basename(__file__)}: " + "; ".join(problems))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-# mode="reduce-overhead", except that inductor raises where it would silently skip capturing a graph
-CUDAGRAPH_COMPILE_OPTIONS = {"triton.cudagraphs": True, "triton.cudagraph_or_error": True}
-
-
-def compile_step(fn, use_compile: bool, use_cudagraphs: bool, device: torch.device):
-    """The same step function eager, compiled, or compiled and captured as CUDA graphs.
-
-    CUDA-graph capture is asked for explicitly and fails loudly where it cannot work (no CUDA device here;
-    on CUDA, inductor's error at the first call names the op it cannot capture). Outputs of a captured step
-    are overwritten by the next call: clone what must outlive it."""
-    if use_cudagraphs and device.type != "cuda":
-        raise SystemExit(f"--cudagraphs needs a CUDA device, but the device is {device}. Drop --cudagraphs.")
-    if use_cudagraphs:
-        return torch.compile(fn, options=CUDAGRAPH_COMPILE_OPTIONS)
-    return torch.compile(fn) if use_compile else fn
-
-
-def atomic_save(obj, path) -> None:
-    """torch.save to a temporary file beside `path`, synced to disk, read back and found finite, then renamed
-    over `path` (and the folder synced): a crash, a power loss or a diverged state never replaces a good file."""
-    path = Path(path)
-    refuse_non_finite(obj, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        refuse_non_finite(torch.load(tmp, map_location="cpu", weights_only=False), path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself reaches the disk
-    finally:
-        os.close(folder)
-
-
-def non_finite(tree, name: str = "") -> list[str]:
-    """Names of the NaN/inf floats and floating-point tensors in nested dicts, lists and tuples (one read of each
-    tensor: call it at log or checkpoint time, not every step)."""
-    if isinstance(tree, dict):
-        return [bad for key, value in tree.items() for bad in non_finite(value, f"{name}.{key}" if name else str(key))]
-    if isinstance(tree, (list, tuple)):
-        return [bad for i, value in enumerate(tree) for bad in non_finite(value, f"{name}[{i}]")]
-    if isinstance(tree, torch.Tensor) and tree.is_floating_point():
-        return [] if bool(torch.isfinite(tree).all()) else [name]
-    if isinstance(tree, float):
-        return [] if math.isfinite(tree) else [name]
-    return []
-
-
-def refuse_non_finite(obj, path) -> None:
-    bad = non_finite(obj)
-    if bad:
-        raise SystemExit(f"not writing {path}: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} not finite "
-                         f"(the run diverged). The file already there, if any, is kept.")
-
-
-def lock_file(path) -> Path:
-    return Path(path).with_name(f".{Path(path).name}.lock")
-
-
-@contextlib.contextmanager
-def cache_lock(path, what: str):
-    """Hold the lock file `.<name>.lock` beside `path` (fcntl.flock, freed by the OS even if this process is
-    killed) while a cache is trained and written, so that runs started together train it once: the others wait
-    here, then load the file."""
-    lock_path = lock_file(path)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"{what}: another run is writing {path}; waiting for it to finish", flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def software_versions() -> dict:
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__}
-
-
-def load_checkpoint(path, kind: str, fingerprint: str | None, device) -> dict:
-    """Load a checkpoint written with atomic_save as {"kind": ..., "fingerprint": ..., ...}.
-
-    Refuses, with a message that says what to do, a missing file, a checkpoint of another kind, or one
-    trained on another dataset (fingerprint=None skips that check)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SystemExit(f"checkpoint {path} does not exist; check the path, or train one first.")
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=False)
-    except Exception as error:  # a truncated or foreign file: say which, not a pickle traceback
-        raise SystemExit(f"checkpoint {path} cannot be read ({type(error).__name__}: {error}).") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("kind") != kind:
-        found = checkpoint.get("kind") if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise SystemExit(f"{path} is not a {kind} checkpoint (it holds: {found}).")
-    if fingerprint is not None:
-        refuse_other_dataset(checkpoint, fingerprint, path)
-    return checkpoint
-
-
-def refuse_other_dataset(checkpoint: dict, fingerprint: str, path) -> None:
-    """Refuse, saying what to do, a checkpoint trained on data other than the one with this fingerprint."""
-    if checkpoint.get("fingerprint") != fingerprint:
-        raise SystemExit(
-            f"{path} was trained on another dataset (fingerprint {checkpoint.get('fingerprint')}, this dataset "
-            f"is {fingerprint}). Pass the checkpoint trained on this data, or retrain on it."
-        )
-
-
-def new_run_name(env_id: str, exp_name: str, seed: int) -> str:
-    """CleanRL's run name plus a random suffix, so that runs of a sweep started in the same second never share
-    a run dir."""
-    return f"{env_id}__{exp_name}__{seed}__{int(time.time())}_{os.urandom(3).hex()}"
-
-
-EVAL_CSV_HEADER = "step,policy,episodes,mean,std"  # policy: leq (periodic), leq_final, bc
-
-
-def write_run_config(run_dir, args, **resolved) -> None:
-    """runs/<run_name>/config.json: every argument, the values resolved from them (e.g. tau from the env id)
-    and the software versions, written when the run starts."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = {"args": dict(vars(args)), **resolved, "software": software_versions()}
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-
-
-def eval_csv_writer(run_dir, rows: list):
-    """Rewrite runs/<run_name>/eval.csv with `rows` (a resumed run's checkpointed evaluations, so no row is
-    written twice) and return append(row), which adds one evaluation row and closes (flushes) the file."""
-    path = Path(run_dir) / "eval.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join([EVAL_CSV_HEADER + "\n", *map(_eval_csv_line, rows)]))
-
-    def append(row: dict) -> None:
-        with open(path, "a") as file:
-            file.write(_eval_csv_line(row))
-
-    return append
-
-
-def _eval_csv_line(row: dict) -> str:
-    return ",".join(str(row.get(key, "")) for key in EVAL_CSV_HEADER.split(",")) + "\n"
-
-
-def init_tracking(args, run_name: str):
-    """A wandb run when --track is given (CleanRL conventions: project, entity, run name, config), else None."""
-    if not args.track:
-        return None
-    try:
-        import wandb
-    except ImportError:
-        raise SystemExit("--track needs wandb: pip install wandb (or drop --track).") from None
-    return wandb.init(
-        project=args.wandb_project_name, entity=args.wandb_entity, name=run_name, config=vars(args), save_code=True
-    )
-# ==== end mirror: common ====
-
-
-# ==== mirror: returns (identical in leq_state.py, leq_pixel.py) ====
-def lambda_returns(q: torch.Tensor, rewards: torch.Tensor, alive: torch.Tensor, gamma: float, lam: float):
-    """λ-returns V_0..V_H of an imagined rollout, as the authors' code computes them (leq-spec §5).
-
-    q: [H+1, B] critic values Q(s_t, a_t); rewards: [H, B]; alive: [H+1, B], m_t = 1 until a termination
-    happens before step t (a continuation probability in the pixel model). V_t is the average of the
-    n-step returns n = 0..H-t (n = 0 is q_t itself) with weights λ^n normalised to sum to one; the paper's
-    Eq. (8) writes another normaliser, the code's is the one behind the tables.
-    """
-    horizon = rewards.shape[0]
-    values = [q[horizon]]
-    weight_sum = 1.0  # c_t = 1 + λ c_{t+1}, c_{H-1} = 1: the λ-weights of the returns longer than 0 steps
-    for t in range(horizon - 1, -1, -1):
-        one_step = alive[t] * rewards[t] + gamma * alive[t + 1] * values[-1]
-        values.append((q[t] + lam * weight_sum * one_step) / (1 + lam * weight_sum))
-        weight_sum = 1 + lam * weight_sum
-    return torch.stack(values[::-1])
-
-
-def expectile_weight(target: torch.Tensor, prediction: torch.Tensor, tau: float) -> torch.Tensor:
-    """|tau - 1(prediction > target)| (Eq. 1): tau where the target is above the prediction, else 1 - tau,
-    in the prediction's dtype (Python-scalar branches would give float32 even in a float64 computation)."""
-    return torch.where(target > prediction, torch.full_like(prediction, tau), torch.full_like(prediction, 1.0 - tau))
-
-
-def expectile_loss(target: torch.Tensor, prediction: torch.Tensor, tau: float) -> torch.Tensor:
-    """Elementwise L2_tau (Eq. 1): the squared error weighted by expectile_weight."""
-    return expectile_weight(target, prediction, tau) * (target - prediction).square()
-# ==== end mirror: returns ====
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1364,6 +1108,249 @@ def main(args: Args) -> None:
     result = evaluate_and_log(agent_updater.step, policy="leq_final")
     (run_dir / "final_eval.json").write_text(json.dumps(result))
     print(f"final score {result['mean']:.1f} +- {result['std']:.1f}; run saved in {run_dir}")
+
+
+# =================================================================================================================
+# Support code. Everything below is mirrored: each block is identical in the scripts its header names
+# (edit one copy, then `python tools/sync_mirrors.py <script> -b NAME`; tests/test_mirrors.py checks).
+# =================================================================================================================
+
+
+# ==== mirror: training (identical in train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
+# Device, seeding of compiled steps, atomic saves, versions and wandb: what every training script needs.
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when torch sees a GPU, else the CPU; an explicit 'cuda' without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(
+            f"--device {name} was asked for, but torch {torch.__version__} sees no CUDA device "
+            f"(built with CUDA {torch.version.cuda}). Run with --device cpu, or install a CUDA build of torch."
+        )
+    return device
+
+
+def check_device(args) -> torch.device:
+    """The device --device names, after refusing the CUDA-only flags (--cudagraphs, --bf16) anywhere else."""
+    device = resolve_device(args.device)
+    for flag in ("cudagraphs", "bf16"):
+        if getattr(args, flag, False) and device.type != "cuda":
+            raise SystemExit(f"{os.path.basename(__file__)}: --{flag} needs a CUDA device, but the device is "
+                             f"{device}. Drop --{flag}.")
+    return device
+
+
+def resolve_compile(use_compile: bool | None, device: torch.device, on_cpu: bool = False) -> bool:
+    """--compile, or its default (None): on for CUDA; on the CPU `on_cpu`, the script's measured choice (README,
+    Speed: a CPU compile takes minutes and the compiled LEQ step is barely faster)."""
+    if use_compile is not None:
+        return use_compile
+    return device.type == "cuda" or on_cpu
+
+
+# mode="reduce-overhead", except that inductor raises where it would silently skip capturing a graph
+CUDAGRAPH_COMPILE_OPTIONS = {"triton.cudagraphs": True, "triton.cudagraph_or_error": True}
+
+
+def compile_step(fn, use_compile: bool, use_cudagraphs: bool, device: torch.device):
+    """The same step function eager, compiled, or compiled and captured as CUDA graphs.
+
+    CUDA-graph capture is asked for explicitly and fails loudly where it cannot work (no CUDA device here;
+    on CUDA, inductor's error at the first call names the op it cannot capture). Outputs of a captured step
+    are overwritten by the next call: clone what must outlive it."""
+    if use_cudagraphs and device.type != "cuda":
+        raise SystemExit(f"--cudagraphs needs a CUDA device, but the device is {device}. Drop --cudagraphs.")
+    if use_cudagraphs:
+        return torch.compile(fn, options=CUDAGRAPH_COMPILE_OPTIONS)
+    return torch.compile(fn) if use_compile else fn
+
+
+def atomic_save(obj, path) -> None:
+    """torch.save to a temporary file beside `path`, synced to disk, read back and found finite, then renamed
+    over `path` (and the folder synced): a crash, a power loss or a diverged state never replaces a good file."""
+    path = Path(path)
+    refuse_non_finite(obj, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        refuse_non_finite(torch.load(tmp, map_location="cpu", weights_only=False), path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself reaches the disk
+    finally:
+        os.close(folder)
+
+
+def non_finite(tree, name: str = "") -> list[str]:
+    """Names of the NaN/inf floats and floating-point tensors in nested dicts, lists and tuples (one read of each
+    tensor: call it at log or checkpoint time, not every step)."""
+    if isinstance(tree, dict):
+        return [bad for key, value in tree.items() for bad in non_finite(value, f"{name}.{key}" if name else str(key))]
+    if isinstance(tree, (list, tuple)):
+        return [bad for i, value in enumerate(tree) for bad in non_finite(value, f"{name}[{i}]")]
+    if isinstance(tree, torch.Tensor) and tree.is_floating_point():
+        return [] if bool(torch.isfinite(tree).all()) else [name]
+    if isinstance(tree, float):
+        return [] if math.isfinite(tree) else [name]
+    return []
+
+
+def refuse_non_finite(obj, path) -> None:
+    bad = non_finite(obj)
+    if bad:
+        raise SystemExit(f"not writing {path}: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} not finite "
+                         f"(the run diverged). The file already there, if any, is kept.")
+
+
+def software_versions() -> dict:
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__}
+
+
+def init_tracking(args, run_name: str):
+    """A wandb run when --track is given (CleanRL conventions: project, entity, run name, config), else None."""
+    if not args.track:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise SystemExit("--track needs wandb: pip install wandb (or drop --track).") from None
+    return wandb.init(
+        project=args.wandb_project_name, entity=args.wandb_entity, name=run_name, config=vars(args), save_code=True
+    )
+# ==== end mirror: training ====
+
+
+# ==== mirror: common (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
+def out_of_range(args, positive=(), non_negative=(), fractions=(), rates=(), open_fractions=()) -> list[str]:
+    """One message per field of `args` outside its range: positive (> 0), non_negative (>= 0), fractions
+    (0 <= x <= 1), rates (0 < x <= 1), open_fractions (0 < x < 1). Fields set to None (a default chosen later)
+    are skipped."""
+    rules = [(positive, lambda v: v > 0, "> 0"), (non_negative, lambda v: v >= 0, ">= 0"),
+             (fractions, lambda v: 0 <= v <= 1, "in [0, 1]"), (rates, lambda v: 0 < v <= 1, "in (0, 1]"),
+             (open_fractions, lambda v: 0 < v < 1, "in (0, 1)")]
+    return [f"--{name.replace('_', '-')} must be {bound}, got {getattr(args, name)}"
+            for names, within, bound in rules for name in names
+            if getattr(args, name) is not None and not within(getattr(args, name))]
+
+
+def refuse(problems: list[str]) -> None:
+    """Stop before any work with every problem found, on one line."""
+    if problems:
+        raise SystemExit(f"{os.path.basename(__file__)}: " + "; ".join(problems))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+# ==== end mirror: common ====
+
+
+# ==== mirror: checkpoints (identical in leq_state.py, leq_pixel.py) ====
+# Loading a checkpoint: kind, format and dataset fingerprint are checked before anything is used.
+
+
+def load_checkpoint(path, kind: str, fingerprint: str | None, device) -> dict:
+    """Load a checkpoint written with atomic_save as {"kind": ..., "fingerprint": ..., ...}.
+
+    Refuses, with a message that says what to do, a missing file, a checkpoint of another kind, or one
+    trained on another dataset (fingerprint=None skips that check)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"checkpoint {path} does not exist; check the path, or train one first.")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=False)
+    except Exception as error:  # a truncated or foreign file: say which, not a pickle traceback
+        raise SystemExit(f"checkpoint {path} cannot be read ({type(error).__name__}: {error}).") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("kind") != kind:
+        found = checkpoint.get("kind") if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise SystemExit(f"{path} is not a {kind} checkpoint (it holds: {found}).")
+    if fingerprint is not None:
+        refuse_other_dataset(checkpoint, fingerprint, path)
+    return checkpoint
+
+
+def refuse_other_dataset(checkpoint: dict, fingerprint: str, path) -> None:
+    """Refuse, saying what to do, a checkpoint trained on data other than the one with this fingerprint."""
+    if checkpoint.get("fingerprint") != fingerprint:
+        raise SystemExit(
+            f"{path} was trained on another dataset (fingerprint {checkpoint.get('fingerprint')}, this dataset "
+            f"is {fingerprint}). Pass the checkpoint trained on this data, or retrain on it."
+        )
+
+
+def new_run_name(env_id: str, exp_name: str, seed: int) -> str:
+    """CleanRL's run name plus a random suffix, so that runs of a sweep started in the same second never share
+    a run dir."""
+    return f"{env_id}__{exp_name}__{seed}__{int(time.time())}_{os.urandom(3).hex()}"
+
+
+EVAL_CSV_HEADER = "step,policy,episodes,mean,std"  # policy: leq (periodic), leq_final, bc
+
+
+def write_run_config(run_dir, args, **resolved) -> None:
+    """runs/<run_name>/config.json: every argument, the values resolved from them (e.g. tau from the env id)
+    and the software versions, written when the run starts."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {"args": dict(vars(args)), **resolved, "software": software_versions()}
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+
+
+def eval_csv_writer(run_dir, rows: list):
+    """Rewrite runs/<run_name>/eval.csv with `rows` (a resumed run's checkpointed evaluations, so no row is
+    written twice) and return append(row), which adds one evaluation row and closes (flushes) the file."""
+    path = Path(run_dir) / "eval.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join([EVAL_CSV_HEADER + "\n", *map(_eval_csv_line, rows)]))
+
+    def append(row: dict) -> None:
+        with open(path, "a") as file:
+            file.write(_eval_csv_line(row))
+
+    return append
+
+
+def _eval_csv_line(row: dict) -> str:
+    return ",".join(str(row.get(key, "")) for key in EVAL_CSV_HEADER.split(",")) + "\n"
+# ==== end mirror: checkpoints ====
+
+
+# ==== mirror: returns (identical in leq_state.py, leq_pixel.py) ====
+def lambda_returns(q: torch.Tensor, rewards: torch.Tensor, alive: torch.Tensor, gamma: float, lam: float):
+    """λ-returns V_0..V_H of an imagined rollout, as the authors' code computes them (leq-spec §5).
+
+    q: [H+1, B] critic values Q(s_t, a_t); rewards: [H, B]; alive: [H+1, B], m_t = 1 until a termination
+    happens before step t (a continuation probability in the pixel model). V_t is the average of the
+    n-step returns n = 0..H-t (n = 0 is q_t itself) with weights λ^n normalised to sum to one; the paper's
+    Eq. (8) writes another normaliser, the code's is the one behind the tables.
+    """
+    horizon = rewards.shape[0]
+    values = [q[horizon]]
+    weight_sum = 1.0  # c_t = 1 + λ c_{t+1}, c_{H-1} = 1: the λ-weights of the returns longer than 0 steps
+    for t in range(horizon - 1, -1, -1):
+        one_step = alive[t] * rewards[t] + gamma * alive[t + 1] * values[-1]
+        values.append((q[t] + lam * weight_sum * one_step) / (1 + lam * weight_sum))
+        weight_sum = 1 + lam * weight_sum
+    return torch.stack(values[::-1])
+
+
+def expectile_weight(target: torch.Tensor, prediction: torch.Tensor, tau: float) -> torch.Tensor:
+    """|tau - 1(prediction > target)| (Eq. 1): tau where the target is above the prediction, else 1 - tau,
+    in the prediction's dtype (Python-scalar branches would give float32 even in a float64 computation)."""
+    return torch.where(target > prediction, torch.full_like(prediction, tau), torch.full_like(prediction, 1.0 - tau))
+# ==== end mirror: returns ====
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ paper's Table 9, and tau per env id from Table 10.
     python leq_state.py --resume runs/<run_name>            # continue an interrupted run
 """
 
+import contextlib
 import copy
+import fcntl
+import json
 import math
 import os
 import random
@@ -148,11 +151,754 @@ PRESETS = {
 }
 
 
-# ==== mirror: common (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
-import contextlib
-import fcntl
-import json
-import math
+# ---------------------------------------------------------------------------------------------------------
+# LEQ: return targets, imagined rollouts, the critic loss (Eq. 7) and the actor gradient (Eq. 11), leq-spec §5
+# ---------------------------------------------------------------------------------------------------------
+def recursive_returns(q, rewards, alive, gamma: float, alpha, beta):
+    """V_H = q_H and V_t = alpha_t q_t + beta_t (m_t r_t + gamma m_{t+1} V_{t+1}) for t < H.
+
+    The λ-return (alpha = 1/Z_t, beta = λ c_t/Z_t), the H-step return (alpha = 0, beta = 1) and Q itself
+    (alpha = 1, beta = 0) are all of this form; the actor's reverse sweep needs exactly these coefficients."""
+    values = [q[-1]]
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        values.append(alpha[t] * q[t] + beta[t] * (alive[t] * rewards[t] + gamma * alive[t + 1] * values[-1]))
+    return torch.stack(values[::-1])
+
+
+def return_coefficients(kind: str, horizon: int, lam: float) -> tuple[list[float], list[float]]:
+    """(alpha_t, beta_t), t < H, of recursive_returns for the actor objectives of leq-spec §8."""
+    if kind == "lambda":  # Z_t = 1 + λ c_t, c_t = 1 + λ c_{t+1}, c_{H-1} = 1 (leq-spec §5)
+        weights = [0.0] * horizon
+        weight = 0.0
+        for t in range(horizon - 1, -1, -1):
+            weight = 1 + lam * weight
+            weights[t] = weight
+        return [1 / (1 + lam * c) for c in weights], [lam * c / (1 + lam * c) for c in weights]
+    if kind == "multi-step":
+        return [0.0] * horizon, [1.0] * horizon
+    if kind == "q":
+        return [1.0] * horizon, [0.0] * horizon
+    raise ValueError(f"unknown return kind {kind!r}: use 'lambda', 'multi-step' or 'q'")
+
+
+def critic_targets(kind: str, q, rewards, alive, gamma: float, lam: float):
+    """Targets V_0..V_{H-1} of the imagined critic term: λ-return (Eq. 8 as coded), H-step or one-step return."""
+    if kind == "lambda":
+        values = lambda_returns(q, rewards, alive, gamma, lam)
+    elif kind == "multi-step":
+        alpha, beta = return_coefficients("multi-step", rewards.shape[0], lam)
+        values = recursive_returns(q, rewards, alive, gamma, alpha, beta)
+    elif kind == "one-step":
+        values = alive[:-1] * rewards + gamma * alive[1:] * q[1:]
+    else:
+        raise ValueError(f"unknown critic target {kind!r}: use 'lambda', 'multi-step' or 'one-step'")
+    return values[: rewards.shape[0]]
+
+
+@dataclass
+class Rollout:
+    """An imagined rollout of fixed shape: terminations are masks, the batch never shrinks."""
+
+    states: torch.Tensor  # [H+1, B, obs] s_0..s_H
+    actions: torch.Tensor  # [H+1, B, act] a_t = pi(s_t)
+    rewards: torch.Tensor  # [H, B] model rewards on the training scale
+    alive: torch.Tensor  # [H+1, B] m_0 = 1, m_{t+1} = m_t (1 - term_t)
+
+
+@torch.no_grad()
+def imagine(actor, transition, terminated, start, horizon: int) -> Rollout:
+    """H steps of a_t = pi(s_t), (s_{t+1}, r_t) ~ model, term_t = true termination (no gradient)."""
+    states, actions, rewards, alive = [start], [], [], [torch.ones_like(start[:, 0])]
+    for _ in range(horizon):
+        action = actor(states[-1]).clamp(-1.0, 1.0)
+        next_state, reward = transition(states[-1], action)
+        alive.append(alive[-1] * (1.0 - terminated(states[-1], action, next_state).float()))
+        states.append(next_state)
+        actions.append(action)
+        rewards.append(reward)
+    actions.append(actor(states[-1]).clamp(-1.0, 1.0))
+    return Rollout(torch.stack(states), torch.stack(actions), torch.stack(rewards), torch.stack(alive))
+
+
+def expectile_loss(target: torch.Tensor, prediction: torch.Tensor, tau: float) -> torch.Tensor:
+    """Elementwise L2_tau (Eq. 1): the squared error weighted by expectile_weight."""
+    return expectile_weight(target, prediction, tau) * (target - prediction).square()
+
+
+def critic_loss_terms(critic, critic_ema, batch: dict, rollout: Rollout, next_q, targets, gamma: float, tau: float):
+    """The four terms of the critic loss (Eq. 7 as coded, leq-spec §5), each a scalar, before beta weighting.
+
+    batch: dataset transitions (observations, actions, rewards on the training scale, masks = 1 - terminal);
+    next_q: sg Q(s', pi(s')); targets: sg V_0..V_{H-1}. Imagined terms are weighted by w_t = gamma^t m_t."""
+    q_data = critic(batch["observations"], batch["actions"])
+    td_target = batch["rewards"] + gamma * batch["masks"] * next_q
+    horizon = rollout.rewards.shape[0]
+    states, actions = rollout.states[:horizon], rollout.actions[:horizon]
+    q_model = critic(states.flatten(0, 1), actions.flatten(0, 1)).view(horizon, -1)
+    discounts = gamma ** torch.arange(horizon, dtype=q_model.dtype, device=q_model.device)
+    weights = discounts[:, None] * rollout.alive[:horizon]
+    with torch.no_grad():
+        ema_data = critic_ema(batch["observations"], batch["actions"])
+        ema_model = critic_ema(states.flatten(0, 1), actions.flatten(0, 1)).view(horizon, -1)
+    return {
+        "td_data": expectile_loss(td_target, q_data, 0.5).mean(),  # 0.5 (y - Q)^2: no expectile on real data
+        "expectile_model": (weights * expectile_loss(targets, q_model, tau)).mean(),
+        "ema_data": (ema_data - q_data).square().mean(),
+        "ema_model": (weights * (ema_model - q_model).square()).mean(),
+    }
+
+
+def actor_loss_one_sweep(actor, critic, transition, terminated, start, horizon, gamma, alpha, beta, tau):
+    """Actor loss of Eq. 11 as coded: -sum_t mean_B sg(e_t g_t) . pi_theta(sg(s_t)), with g_t = dV_t/da_t.
+
+    g_t is the total derivative through critic, model reward and next state and the later actions' dependence
+    on later states (policy parameters fixed). It comes from ONE reverse sweep of H+1 small vector-Jacobian
+    products (leq-spec §5, cost note): with u_t = dV_t/ds_t, step t's local map (s_t, a_t) -> (q_t, s_{t+1},
+    r_t) gets the cotangents (alpha_t, beta_t gamma m_{t+1} u_{t+1}, beta_t m_t); its VJP gives (ds, da),
+    g_t = da and u_t = ds + da . dpi/ds. torch.func.vjp keeps each step's pullback from the forward pass, so
+    the model noise and elite draws are the forward pass's, and torch.compile traces the sweep as one graph.
+    Returns (loss, V [H+1, B], q [H+1, B], g [H+1, B, act])."""
+    with torch.no_grad():  # torch.func.vjp still differentiates inside; no outer graph is built
+        states, qs, rewards, step_pullbacks, policy_pullbacks = [], [], [], [], []
+        alive = [torch.ones_like(start[:, 0])]
+        state = start.detach()
+        for t in range(horizon + 1):
+            action, policy_pullback = torch.func.vjp(actor, state)
+            states.append(state)
+            policy_pullbacks.append(policy_pullback)
+            if t < horizon:
+                (q, next_state, reward), step_pullback = torch.func.vjp(
+                    lambda s, a: (critic(s, a), *transition(s, a)), state, action
+                )
+                alive.append(alive[t] * (1.0 - terminated(state, action, next_state).float()))
+                rewards.append(reward)
+                state = next_state
+            else:
+                q, step_pullback = torch.func.vjp(critic, state, action)
+            qs.append(q)
+            step_pullbacks.append(step_pullback)
+        q, alive = torch.stack(qs).detach(), torch.stack(alive)
+        values = recursive_returns(q, torch.stack(rewards).detach(), alive, gamma, alpha, beta)
+
+        gradients = [None] * (horizon + 1)
+        state_gradient = None  # u_{t+1}
+        for t in range(horizon, -1, -1):
+            if t == horizon:
+                d_state, d_action = step_pullbacks[t](torch.ones_like(qs[t]))
+            else:
+                d_state, d_action = step_pullbacks[t](
+                    (torch.full_like(qs[t], alpha[t]), (beta[t] * gamma) * alive[t + 1][:, None] * state_gradient,
+                     beta[t] * alive[t])
+                )
+            gradients[t] = d_action.detach()
+            if t > 0:
+                (through_policy,) = policy_pullbacks[t](d_action)
+                state_gradient = d_state + through_policy
+        gradients = torch.stack(gradients)
+
+    weights = expectile_weight(values, q, tau)
+    weights[horizon] = 0.5  # e_H = 0.5 (leq-spec §5)
+    policy_actions = actor(torch.stack(states).detach())  # pi_theta(sg(s_t)) for all t in one batched call
+    loss = -((weights[..., None] * gradients) * policy_actions).sum(-1).mean(-1).sum()
+    return loss, values, q, gradients
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The training loop: dataset expansion, the update step, evaluation, checkpoints
+# ---------------------------------------------------------------------------------------------------------
+class ExpansionBuffer:
+    """D_model on the device (Algorithm 1 lines 6-11): a FIFO of the last `keep` expansions, each `size`
+    dataset start states rolled `length` steps in the model with the noisy policy; all R states are kept."""
+
+    def __init__(self, obs_dim: int, size: int, length: int, keep: int, device):
+        self.size, self.length, self.keep = size, length, keep
+        self.states = torch.zeros(keep * length * size, obs_dim, device=device)
+        self.filled = torch.zeros((), device=device)  # number of valid states, a tensor: sampling never syncs
+        self.expansions = 0
+
+    @torch.no_grad()
+    def expand(self, explore, transition, dataset_observations, chunk: int = 12500) -> None:
+        slot = (self.expansions % self.keep) * self.length * self.size
+        starts = torch.randint(0, dataset_observations.shape[0], (self.size,), device=self.states.device)
+        for begin in range(0, self.size, chunk):  # chunks bound the memory of the 7 x 200 ensemble activations
+            state = dataset_observations[starts[begin : begin + chunk]]
+            for t in range(self.length):
+                offset = slot + t * self.size + begin
+                self.states[offset : offset + state.shape[0]] = state
+                state, _ = transition(state, explore(state))
+        self.expansions += 1
+        self.filled.fill_(min(self.expansions, self.keep) * self.length * self.size)
+
+    def sample(self, batch_size: int) -> torch.Tensor:
+        index = (torch.rand(batch_size, device=self.states.device) * self.filled).long()
+        return self.states[index]
+
+    def state_dict(self) -> dict:
+        return {"states": self.states, "filled": self.filled, "expansions": self.expansions}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.states.copy_(state["states"])
+        self.filled.copy_(state["filled"])
+        self.expansions = state["expansions"]
+
+
+def make_model_transition(world_model, routing: str, reward_scale: float, reward_shift: float):
+    """(obs, act) -> (next_obs, reward on the training scale): one reparameterised draw of the world model."""
+
+    def step(obs, act):
+        next_obs, reward = sample_step(world_model, obs, act, routing)
+        return next_obs, reward * reward_scale + reward_shift
+
+    return step
+
+
+def cosine_lr(base_lr: float, step: torch.Tensor, total_steps: int) -> torch.Tensor:
+    """Cosine decay from base_lr to 0 over the run (leq-spec §2), computed on the device from a step tensor."""
+    progress = step.clamp(max=total_steps) / total_steps
+    return base_lr * 0.5 * (1.0 + torch.cos(math.pi * progress))
+
+
+def make_leq_update(actor, critic, critic_ema, actor_optimizer, critic_optimizer, data, sample_starts,
+                    transition, terminated, args, tau: float):
+    """One LEQ gradient step (Algorithm 1 lines 12-20). Both updates use the pre-step parameters: every loss
+    and gradient is computed before either optimiser steps. Returns detached metric tensors (no host sync)."""
+    alpha, beta = return_coefficients(args.actor_objective, args.horizon, args.lam)
+    actor_lr = actor_optimizer.param_groups[0]["lr"]
+    step_count = torch.zeros((), device=data["obs"].device)
+
+    def update() -> dict:
+        index = torch.randint(0, data["obs"].shape[0], (args.batch_size,), device=data["obs"].device)
+        batch = {"observations": data["obs"][index], "actions": data["act"][index], "rewards": data["reward"][index],
+                 "masks": data["mask"][index]}
+        start = sample_starts(args.model_batch_size)
+
+        actor_loss, values, q_actor, _ = actor_loss_one_sweep(
+            actor, critic, transition, terminated, start, args.horizon, args.gamma, alpha, beta, tau
+        )
+        rollout = imagine(actor, transition, terminated, start, args.horizon)  # a separate draw for the critic
+        with torch.no_grad():
+            q_rollout = critic(rollout.states.flatten(0, 1), rollout.actions.flatten(0, 1)).view(args.horizon + 1, -1)
+            targets = critic_targets(args.critic_target, q_rollout, rollout.rewards, rollout.alive, args.gamma, args.lam)
+            next_obs = data["next_obs"][index]
+            next_q = critic(next_obs, actor(next_obs))
+        terms = critic_loss_terms(critic, critic_ema, batch, rollout, next_q, targets, args.gamma, tau)
+        critic_loss = (1 - args.beta) * (terms["td_data"] + args.ema_weight * terms["ema_data"]) + args.beta * (
+            terms["expectile_model"] + args.ema_weight * terms["ema_model"]
+        )  # Eq. 7 with the EMA regulariser (leq-spec §5)
+
+        actor_optimizer.zero_grad(set_to_none=True)
+        critic_optimizer.zero_grad(set_to_none=True)
+        (actor_loss + critic_loss).backward()  # disjoint parameters: one backward gives both gradients
+        actor_lr.copy_(cosine_lr(args.actor_lr, step_count, args.total_steps))
+        actor_optimizer.step()
+        critic_optimizer.step()
+        ema_update_(critic_ema, critic, args.ema_rate)
+        step_count.add_(1)
+        return {
+            "critic_loss": critic_loss.detach(),
+            "actor_loss": actor_loss.detach(),
+            **{k: v.detach() for k, v in terms.items()},
+            "q_data": next_q.mean(),
+            "q_model": q_actor.mean(),
+            "v_model": values.mean(),
+            "alive_at_h": rollout.alive[-1].mean(),
+            "actor_lr": actor_lr.detach().clone(),
+        }
+
+    return update, step_count
+
+
+def numpy_policy(actor, device):
+    """The deterministic policy tanh(mu(s)) as numpy -> numpy, for evaluate() of the task block."""
+
+    @torch.no_grad()
+    def act(obs):
+        return actor(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+
+    return act
+
+
+def rng_states() -> dict:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_leq_checkpoint(path, step: int, run_name: str, fingerprint: str, args, modules: dict, buffer, history) -> None:
+    """Everything a resumed run needs to continue bit-exactly on the CPU: parameters, optimiser states, the
+    expansion buffer, the step, the RNG states and the evaluation history (written atomically)."""
+    atomic_save(
+        {
+            "kind": "leq",
+            "fingerprint": fingerprint,
+            "step": step,
+            "run_name": run_name,
+            "args": dict(vars(args)),
+            **{name: module.state_dict() for name, module in modules.items()},
+            "buffer": buffer.state_dict() if buffer is not None else None,
+            "rng": rng_states(),
+            "threads": torch.get_num_threads(),
+            "history": history,
+            "software": software_versions(),
+        },
+        path,
+    )
+
+
+def divergence_message(step: int, bad: list[str], last_good: tuple | None) -> str:
+    where = (f"the last good checkpoint, {last_good[0]} (step {last_good[1]}), is intact" if last_good
+             else "no checkpoint was written yet")
+    return (f"diverged at step {step}: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} not finite. Stopped; "
+            f"{where}. Try a lower --actor-lr / --critic-lr or another --tau.")
+
+
+def warn_if_not_bit_exact(checkpoint: dict, args, device) -> None:
+    """Say so when the resumed run cannot continue bit-exactly: compiled or eager step, device and CPU thread
+    count all change the floating-point results."""
+    was = {"compile": checkpoint["args"]["compile"], "cudagraphs": checkpoint["args"]["cudagraphs"],
+           "device": checkpoint["args"]["device"], "threads": checkpoint.get("threads")}
+    now = {"compile": args.compile, "cudagraphs": args.cudagraphs, "device": args.device,
+           "threads": torch.get_num_threads()}
+    changed = [f"{k} {was[k]} -> {now[k]}" for k in was if was[k] is not None and was[k] != now[k]]
+    if changed:
+        print(f"note: resuming with {', '.join(changed)}; the continuation will not be bit-identical to an "
+              f"uninterrupted run (keep the run's settings for that).")
+
+
+def resume_path(resume: str) -> Path:
+    path = Path(resume)
+    path = path / "checkpoint.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise SystemExit(f"--resume {resume}: no checkpoint found at {path}. Pass a run directory or a checkpoint file.")
+    return path
+
+
+def world_model_cache(args, fingerprint: str) -> Path:
+    """--world-model-path, else train_world_model.py's default path (one per epoch cap)."""
+    if args.world_model_path:
+        return Path(args.world_model_path)
+    path = world_model_path(args.env_id, args.seed, fingerprint)
+    if args.world_model_max_epochs is not None:
+        path = path.with_name(f"{path.stem}__max{args.world_model_max_epochs}ep.pt")
+    return path
+
+
+def pretrain_cache(args, fingerprint: str) -> Path:
+    """--pretrain-path, else fqe_pretrain.py's default path (one per set of non-paper pretraining settings)."""
+    if args.pretrain_path:
+        return Path(args.pretrain_path)
+    path = pretrain_checkpoint_path(args.env_id, args.seed, fingerprint)
+    return path.with_name(path.stem + pretrain_variant(args) + ".pt")
+
+
+PRETRAIN_SETTINGS = ("bc_steps", "bc_batch_size", "bc_lr", "fqe_steps", "fqe_batch_size", "fqe_lr", "actor_scaler")
+
+
+def pretrain_variant(args) -> str:
+    """The pretraining settings that differ from the paper's (Args' defaults) as a cache-name suffix, '' if none,
+    so a cached BC+FQE checkpoint is reused only by runs that would have pretrained it the same way."""
+    paper = Args()
+    return "".join(f"__{name}={getattr(args, name)}" for name in PRETRAIN_SETTINGS
+                   if getattr(args, name) != getattr(paper, name))
+
+
+def lock_file(path) -> Path:
+    return Path(path).with_name(f".{Path(path).name}.lock")
+
+
+@contextlib.contextmanager
+def cache_lock(path, what: str):
+    """Hold the lock file `.<name>.lock` beside `path` (fcntl.flock, freed by the OS even if this process is
+    killed) while a cache is trained and written, so that runs started together train it once: the others wait
+    here, then load the file."""
+    lock_path = lock_file(path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{what}: another run is writing {path}; waiting for it to finish", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def load_or_train_world_model(args, task, data, device):
+    """The world model from train_world_model.py's default checkpoint (or --world-model-path), else trained
+    here with the same code and cached under a lock, so a tau sweep started at once trains it once per dataset
+    and seed while the other runs wait for the file."""
+    path = world_model_cache(args, data.fingerprint)
+    if not path.is_file():
+        if args.world_model_path:
+            raise SystemExit(f"--world-model-path {path} does not exist; train one with train_world_model.py.")
+        with cache_lock(path, "world model"):
+            if not path.is_file():  # else another run wrote it while this one waited
+                train_and_cache_world_model(args, task, data, device, path)
+    model, _ = load_world_model(path, data.fingerprint, device)
+    print(f"world model: loaded {path}")
+    return model.requires_grad_(False)
+
+
+def train_and_cache_world_model(args, task, data, device, path) -> None:
+    print(f"world model: none at {path}; training one now (OfflineRL-Kit recipe, leq-spec §3)", flush=True)
+    model = EnsembleDynamics(task.obs_dim, task.act_dim, device=device)
+    result = train_dynamics(
+        model, data.observations, data.actions, data.rewards, data.next_observations,
+        max_epochs=args.world_model_max_epochs,
+        log_epoch=lambda s: print(f"  epoch {s['epoch']}: holdout mse of elites {s['elites_holdout_mse']:.5f}"),
+    )
+    save_world_model(path, model, data.fingerprint, holdout_losses=result["holdout_losses"], args=dict(vars(args)))
+    print(f"world model: saved {path} ({result['epochs']} epochs)")
+
+
+def load_pretrain_checkpoint(path, fingerprint: str | None, device):
+    """Rebuild actor, critic and EMA critic on `device` from a pretrain checkpoint of this dataset."""
+    checkpoint = load_checkpoint(path, "pretrain", fingerprint, device)
+    sizes, stats = checkpoint["network"], checkpoint["normalization"]
+    hidden = {"hidden_dim": sizes["hidden_dim"], "num_layers": sizes["num_layers"]}
+    actor = Actor(stats["obs_mean"], stats["obs_std"], sizes["act_dim"], **hidden,
+                  trainable_scaler=sizes.get("trainable_scaler", False)).to(device)
+    critic = Critic(stats["obs_act_mean"], stats["obs_act_std"], **hidden).to(device)
+    ema_critic = ema_copy(critic)
+    actor.load_state_dict(checkpoint["actor"])
+    critic.load_state_dict(checkpoint["critic"])
+    ema_critic.load_state_dict(checkpoint["ema_critic"])
+    return actor, critic, ema_critic, checkpoint
+
+
+def load_or_pretrain_agent(args, data, tensors, device):
+    """BC actor and FQE critic (Algorithm 1 line 3) from fqe_pretrain.py's default checkpoint (or
+    --pretrain-path), else pretrained here with the same code and cached under a lock; fresh networks with
+    --no-pretrain."""
+    trainable_scaler = args.actor_scaler == "trainable"
+    if not args.pretrain:
+        stats = normalization_stats(data.observations, data.actions)
+        actor = Actor(stats["obs_mean"], stats["obs_std"], data.actions.shape[1], trainable_scaler=trainable_scaler)
+        critic = Critic(stats["obs_act_mean"], stats["obs_act_std"]).to(device)
+        return actor.to(device), critic, ema_copy(critic)
+    path = pretrain_cache(args, data.fingerprint)
+    if not path.is_file():
+        if args.pretrain_path:
+            raise SystemExit(f"--pretrain-path {path} does not exist; train one with fqe_pretrain.py.")
+        with cache_lock(path, "pretraining"):
+            if not path.is_file():  # else another run wrote it while this one waited
+                pretrain_and_cache_agent(args, data, tensors, device, path, trainable_scaler)
+    actor, critic, critic_ema, _ = load_pretrain_checkpoint(path, data.fingerprint, device)
+    if isinstance(actor.normalizer.mean, nn.Parameter) != trainable_scaler:
+        raise SystemExit(f"{path} was pretrained with the other --actor-scaler; pass --actor-scaler "
+                         f"{'fixed' if trainable_scaler else 'trainable'} or pretrain again.")
+    critic_ema.load_state_dict(critic.state_dict())  # critic and EMA both start from FQE (leq-spec §4)
+    print(f"pretraining: loaded {path}")
+    return actor, critic, critic_ema
+
+
+def pretrain_and_cache_agent(args, data, tensors, device, path, trainable_scaler: bool) -> None:
+    print(f"pretraining: none at {path}; running BC ({args.bc_steps} steps) then FQE ({args.fqe_steps} steps)",
+          flush=True)
+    stats = normalization_stats(data.observations, data.actions)
+    actor = Actor(stats["obs_mean"], stats["obs_std"], data.actions.shape[1], trainable_scaler=trainable_scaler)
+    actor = actor.to(device)
+    critic = Critic(stats["obs_act_mean"], stats["obs_act_std"]).to(device)
+    critic_ema = ema_copy(critic)
+    bc = make_bc_update(actor, torch.optim.Adam(actor.parameters(), lr=args.bc_lr), tensors, args.bc_batch_size)
+    run_updates(bc, args.bc_steps, "BC", max(1, args.bc_steps // 20))
+    fqe = make_fqe_update(critic, critic_ema, actor, torch.optim.Adam(critic.parameters(), lr=args.fqe_lr), tensors,
+                          args.fqe_batch_size, args.gamma, args.ema_rate)
+    run_updates(fqe, args.fqe_steps, "FQE", max(1, args.fqe_steps // 20))
+    critic_ema.load_state_dict(critic.state_dict())  # LEQ's critic and its EMA both start from FQE (leq-spec §4)
+    save_pretrain_checkpoint(path, actor, critic, critic_ema, data.fingerprint, args)
+    print(f"pretraining: saved {path}")
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    """Args from the command line; --preset NAME swaps in that preset's defaults, and explicit flags still win."""
+    preset = tyro.cli(Args, args=argv).preset
+    if preset == "none":
+        return tyro.cli(Args, args=argv)
+    return tyro.cli(Args, args=argv, default=Args(preset=preset, **PRESETS[preset]))
+
+
+# Seconds per unit of work on the development CPU, one thread (README, Speed); the plan scales them to the run.
+CPU_SECONDS = {
+    "generate": 83 / 1e6,  # per generated transition (collect_dataset.py, pointmaze)
+    "world_model": 104 / 1e6,  # per transition and epoch (bench_world_model.py, eager)
+    "bc": 50e-3 / 4096,  # per sample of a BC step (bench_fqe_pretrain.py, 50 ms at batch 4096)
+    "fqe": 10.6e-3 / 256,  # per sample of an FQE step (10.6 ms at batch 256)
+    "leq": {"exact": 364e-3 / 512, "balanced": 286e-3 / 512},  # per sample of an eager LEQ step (bench_leq.py)
+    "expansion": {"exact": 10.8 / 250_000, "balanced": 2.7 / 250_000},  # per imagined expansion transition
+    "env_step": {"pointmaze": 91e-6, "antmaze": 826e-6, "locomotion": 259e-6, "neorl": 259e-6},  # evaluation
+}
+WORLD_MODEL_EPOCHS = 10  # a guess at early stopping: 9 epochs on generated 1M-transition pointmaze data (README)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "no figure for this device"
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"~{seconds / size:.1f} {unit}"
+    return f"~{seconds:.0f} s"
+
+
+def plan_stages(args: Args, task: "Task", data: "OfflineData | None", start_step: int) -> list[tuple[str, str, float]]:
+    """(stage, what it does, CPU seconds) for every stage of this run; `data` is None while it is not generated."""
+    cost, routing = CPU_SECONDS, args.routing
+    transitions = len(data) if data is not None else GENERATED_STEPS
+    stages = [("data", f"generate {transitions:,} transitions", transitions * cost["generate"]) if data is None
+              else ("data", f"loaded {data.source} ({transitions:,} transitions)", 0.0)]
+    fingerprint = data.fingerprint if data is not None else ""
+    if data is not None and world_model_cache(args, fingerprint).is_file():
+        stages.append(("world model", f"load {world_model_cache(args, fingerprint)}", 0.0))
+    else:
+        epochs = args.world_model_max_epochs or WORLD_MODEL_EPOCHS
+        how = f"{epochs} epochs" if args.world_model_max_epochs else f"until early stop (~{epochs} epochs)"
+        stages.append(("world model", f"train {how} and cache", epochs * transitions * cost["world_model"]))
+    if not args.pretrain:
+        stages.append(("BC + FQE", "skipped (--no-pretrain)", 0.0))
+    elif data is not None and pretrain_cache(args, fingerprint).is_file():
+        stages.append(("BC + FQE", f"load {pretrain_cache(args, fingerprint)}", 0.0))
+    else:
+        stages.append(("BC", f"{args.bc_steps:,} steps at batch {args.bc_batch_size}",
+                       args.bc_steps * args.bc_batch_size * cost["bc"]))
+        stages.append(("FQE", f"{args.fqe_steps:,} steps at batch {args.fqe_batch_size}",
+                       args.fqe_steps * args.fqe_batch_size * cost["fqe"]))
+    steps = args.total_steps - start_step
+    expansions = len(range(start_step, args.total_steps, args.expansion_interval)) if args.expansion else 0
+    stages.append(("LEQ loop", f"{steps:,} steps at batch {args.batch_size} + {args.model_batch_size}, "
+                   f"{expansions} expansions",
+                   steps * (args.batch_size + args.model_batch_size) * cost["leq"][routing]
+                   + expansions * args.expansion_size * args.rollout_length * cost["expansion"][routing]))
+    evaluations = len(range(start_step + args.eval_interval, args.total_steps, args.eval_interval))
+    episodes = evaluations * args.eval_episodes + args.final_eval_episodes * (2 if args.pretrain else 1)
+    stages.append(("evaluations", f"{episodes} episodes of at most {task.max_episode_steps} steps",
+                   episodes * task.max_episode_steps * cost["env_step"][task.family]))
+    return stages
+
+
+def print_plan(args: Args, task: "Task", data: "OfflineData | None", device: torch.device, start_step: int) -> None:
+    """The stages this run will go through, each with its estimated time, before the first one starts."""
+    stages = plan_stages(args, task, data, start_step)
+    on_cpu = device.type == "cpu"
+    total = sum(seconds for _, _, seconds in stages)
+    print(f"plan on {device} (times from one-thread figures measured on a 2-core CPU, README 'Speed'"
+          + ("; compile time not included" if args.compile else "") + "):")
+    width = max(len(what) for _, what, _ in stages)
+    for stage, what, seconds in stages + [("total", "", total)]:
+        print(f"  {stage:<12} {what:<{width}}  {duration(seconds if on_cpu else None) if seconds else ''}")
+    if on_cpu and total > 86400:
+        print(f"This is a multi-day job on this CPU ({duration(total)}). For a run sized for a CPU, try "
+              f"`python leq_state.py --preset cpu-check`.")
+
+
+def check_args(args: Args) -> torch.device:
+    """Every argument and the environment checked in seconds, before any stage: the device, the CUDA-only flags,
+    value ranges, the env id, where the data and the given checkpoints are. Returns the device."""
+    device = check_device(args)
+    problems = out_of_range(
+        args,
+        positive=("total_steps", "batch_size", "model_batch_size", "horizon", "expansion_interval", "expansion_size",
+                  "rollout_length", "expansion_keep", "bc_batch_size", "fqe_batch_size", "log_interval",
+                  "eval_interval", "eval_episodes", "final_eval_episodes", "checkpoint_interval", "actor_lr",
+                  "critic_lr", "bc_lr", "fqe_lr", "goal_radius", "world_model_max_epochs"),
+        non_negative=("bc_steps", "fqe_steps", "ema_weight"),
+        fractions=("beta", "lam"),
+        rates=("gamma", "ema_rate"),
+        open_fractions=("tau",),
+    )
+    for flag, path in (("--world-model-path", args.world_model_path), ("--pretrain-path", args.pretrain_path)):
+        if path is not None and not Path(path).is_file():
+            problems.append(f"{flag} {path} does not exist")
+    refuse(problems)
+    locate_dataset(get_task(args.env_id), args.dataset_path)
+    return device
+
+
+# ---- termination functions (leq-spec §6) ------------------------------------------------------------------------
+
+def make_termination_fn(task: "Task", data: "OfflineData", goal_radius: float | None = None):
+    """fn(obs, act, next_obs) -> bool tensor [B]: True where the true environment would terminate."""
+    if task.family in ("antmaze", "pointmaze"):
+        centre_x, centre_y = map(float, maze_goal_centre(task, data.maze_frame, data.source.removeprefix("minari:")))
+        radius_sq = float(goal_radius if goal_radius is not None else task.goal_radius) ** 2
+
+        def maze_done(obs, act, next_obs):  # Python-float constants: no tensor to move, CUDA-graph friendly
+            return (next_obs[:, 0] - centre_x) ** 2 + (next_obs[:, 1] - centre_y) ** 2 <= radius_sq
+
+        return maze_done
+    offset = 1 if task.family == "neorl" else 0  # NeoRL observations start with x: z, angle shift by one
+
+    def hopper_done(obs, act, next_obs):
+        height, angle = next_obs[:, offset], next_obs[:, offset + 1]
+        state = next_obs[:, 3:] if offset else next_obs[:, 1:]
+        alive = (torch.isfinite(next_obs).all(-1) & (state.abs() < 100).all(-1) & (height > 0.7)
+                 & (angle.abs() < 0.2))
+        return ~alive
+
+    def walker2d_done(obs, act, next_obs):
+        height, angle = next_obs[:, offset], next_obs[:, offset + 1]
+        state = next_obs[:, offset + 2:] if offset else next_obs
+        alive = (((state > -100) & (state < 100)).all(-1) & (height > 0.8) & (height < 2.0)
+                 & (angle > -1.0) & (angle < 1.0))
+        return ~alive
+
+    def halfcheetah_done(obs, act, next_obs):
+        if offset:  # NeoRL's own rule: HalfCheetah never terminates (x grows without bound)
+            return torch.zeros(next_obs.shape[0], dtype=torch.bool, device=next_obs.device)
+        return ~((next_obs > -100) & (next_obs < 100)).all(-1)
+
+    return {"hopper": hopper_done, "walker2d": walker2d_done, "halfcheetah": halfcheetah_done}[task.robot]
+
+
+def main(args: Args) -> dict:
+    """The whole pipeline: data, world model, BC+FQE, the LEQ loop, evaluation. Returns the final scores."""
+    checkpoint = None
+    if args.resume:
+        checkpoint = load_checkpoint(resume_path(args.resume), "leq", None, "cpu")  # its data is known only below
+        given = {k: getattr(args, k) for k in ("resume", "device", "compile", "cudagraphs", "track")}
+        keep = {k: v for k, v in given.items() if v is not None}  # unset (None): the run's own setting
+        args = Args(**{**checkpoint["args"], **keep})  # the run continues with its own hyperparameters
+        print(f"resuming {checkpoint['run_name']} at step {checkpoint['step']}")
+    device = check_args(args)
+    args.compile = resolve_compile(args.compile, device)
+    seed_everything(args.seed)
+
+    task = get_task(args.env_id)
+    tau = task.tau if args.tau is None else args.tau
+    generated_here = locate_dataset(task, args.dataset_path)[0] == "generate"
+    data = None if generated_here else load_dataset(task, args.dataset_path, args.download)
+    print_plan(args, task, data, device, checkpoint["step"] if checkpoint else 0)
+    if generated_here:
+        data = load_dataset(task, args.dataset_path, args.download)
+    if checkpoint:
+        refuse_other_dataset(checkpoint, data.fingerprint, f"--resume {args.resume}")
+    run_name = checkpoint["run_name"] if checkpoint else new_run_name(args.env_id, args.exp_name, args.seed)
+    run_dir = Path("runs") / run_name
+    write_run_config(run_dir, args, env_id=args.env_id, seed=args.seed, tau=tau, run_name=run_name,
+                     dataset=data.source, dataset_fingerprint=data.fingerprint)
+    tensors = transition_tensors(data, device)
+    world_model = load_or_train_world_model(args, task, data, device)
+    actor, critic, critic_ema = load_or_pretrain_agent(args, data, tensors, device)
+    bc_actor = copy.deepcopy(actor)
+
+    seed_everything(args.seed)  # the LEQ loop draws the same numbers whether the models were cached or not
+    tracker = init_tracking(args, run_name)
+    transition = make_model_transition(world_model, args.routing, data.reward_scale, data.reward_shift)
+    terminated = make_termination_fn(task, data, args.goal_radius)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=torch.tensor(args.actor_lr, device=device))
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
+    buffer = None
+    if args.expansion:
+        buffer = ExpansionBuffer(task.obs_dim, args.expansion_size, args.rollout_length, args.expansion_keep, device)
+        sample_starts = buffer.sample
+    else:  # ablation: imagined rollouts start from dataset states
+        sample_starts = lambda n: tensors["obs"][torch.randint(0, tensors["obs"].shape[0], (n,), device=device)]
+    modules = {"actor": actor, "critic": critic, "critic_ema": critic_ema, "actor_optimizer": actor_optimizer,
+               "critic_optimizer": critic_optimizer}
+    history = {"eval": [], "bc_score": None}
+    start_step = 0
+    if checkpoint:
+        for name, module in modules.items():
+            module.load_state_dict(checkpoint[name])
+        if buffer is not None:
+            buffer.load_state_dict(checkpoint["buffer"])
+        history, start_step = checkpoint["history"], checkpoint["step"]
+        set_rng_states(checkpoint["rng"])
+    append_eval_row = eval_csv_writer(run_dir, history["eval"])
+    # built after loading: the optimiser's state_dict brings its own learning-rate tensor
+    update, step_count = make_leq_update(actor, critic, critic_ema, actor_optimizer, critic_optimizer, tensors,
+                                         sample_starts, transition, terminated, args, tau)
+    step_count.fill_(start_step)
+    step_fn = compile_step(update, args.compile, args.cudagraphs, device)
+    print(f"LEQ on {args.env_id}: tau {tau}, {args.total_steps} steps, device {device}, compile {args.compile}, "
+          f"cudagraphs {args.cudagraphs}, routing {args.routing}, run dir {run_dir}")
+    if checkpoint:
+        warn_if_not_bit_exact(checkpoint, args, device)
+    last_good = (run_dir / "checkpoint.pt", start_step) if checkpoint else None
+
+    def stop_if_diverged(step: int, losses: dict) -> None:
+        bad = non_finite({"losses": losses, **{name: module.state_dict() for name, module in modules.items()}})
+        if bad:
+            raise SystemExit(divergence_message(step, bad, last_good))
+
+    def evaluate_policy(policy_actor, policy: str, episodes: int, step: int) -> dict:
+        """One evaluation as an eval.csv row: {step, policy, episodes, mean, std} (scores x100)."""
+        result = evaluate(task, data, numpy_policy(policy_actor, device), episodes, seed=args.seed + step)
+        return {"step": step, "policy": policy, "episodes": episodes, "mean": float(result["mean"]),
+                "std": float(result["std"])}
+
+    last_score = history["eval"][-1]["mean"] if history["eval"] else float("nan")
+    sums, count, last_time = None, 0, time.perf_counter()
+    bar = tqdm(range(start_step + 1, args.total_steps + 1), initial=start_step, total=args.total_steps,
+               desc="LEQ", dynamic_ncols=True)
+    for step in bar:
+        if buffer is not None and (step - 1) % args.expansion_interval == 0:  # the first one before step 1
+            buffer.expand(actor.explore, transition, tensors["obs"])
+        if args.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        metrics = step_fn()
+        sums = {k: v.clone() for k, v in metrics.items()} if sums is None else {k: sums[k] + v for k, v in metrics.items()}
+        count += 1
+        if step % args.eval_interval == 0 and step < args.total_steps:
+            stop_if_diverged(step, {})
+            row = evaluate_policy(actor, "leq", args.eval_episodes, step)
+            history["eval"].append(row)
+            append_eval_row(row)
+            last_score = row["mean"]
+            if tracker is not None:
+                tracker.log({"eval/score": last_score}, step=step)
+        if step % args.log_interval == 0 or step == args.total_steps:
+            now = time.perf_counter()
+            averages = {k: v.item() / count for k, v in sums.items()}  # with the guard, the only device reads
+            stop_if_diverged(step, averages)
+            steps_per_second = count / (now - last_time)
+            sums, count, last_time = None, 0, now
+            bar.write(
+                f"step {step:>8} | {steps_per_second:6.1f} steps/s | critic {averages['critic_loss']:.4f} "
+                f"actor {averages['actor_loss']:.4f} | Q data {averages['q_data']:.3f} model {averages['q_model']:.3f} "
+                f"V {averages['v_model']:.3f} | alive@H {averages['alive_at_h']:.2f} | eval {last_score:.1f}"
+            )
+            bar.set_postfix(critic=f"{averages['critic_loss']:.3g}", score=f"{last_score:.1f}")
+            if tracker is not None:
+                tracker.log({**{f"losses/{k}": v for k, v in averages.items()}, "charts/SPS": steps_per_second}, step=step)
+        if step % args.checkpoint_interval == 0 or step == args.total_steps:
+            stop_if_diverged(step, {})
+            save_leq_checkpoint(run_dir / "checkpoint.pt", step, run_name, data.fingerprint, args, modules, buffer, history)
+            last_good = (run_dir / "checkpoint.pt", step)
+    bar.close()
+
+    final = evaluate_policy(actor, "leq_final", args.final_eval_episodes, args.total_steps)
+    history["final"] = final
+    append_eval_row(final)
+    if history.get("bc_score") is None and args.pretrain:
+        history["bc_score"] = evaluate_policy(bc_actor, "bc", args.final_eval_episodes, args.total_steps)
+    if history.get("bc_score"):
+        append_eval_row(history["bc_score"])
+    print(f"final score over {args.final_eval_episodes} episodes: {final['mean']:.1f} +- {final['std']:.1f}"
+          + (f" (BC policy: {history['bc_score']['mean']:.1f})" if history.get("bc_score") else ""))
+    save_leq_checkpoint(run_dir / "checkpoint.pt", args.total_steps, run_name, data.fingerprint, args, modules, buffer,
+                        history)
+    if tracker is not None:
+        tracker.log({"eval/final_score": final["mean"]}, step=args.total_steps)
+        tracker.finish()
+    return history
+
+
+# =================================================================================================================
+# Support code. Everything below is mirrored: each block is identical in the scripts its header names
+# (edit one copy, then `python tools/sync_mirrors.py <script> -b NAME`; tests/test_mirrors.py checks).
+# =================================================================================================================
+
+
+# ==== mirror: training (identical in train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
+# Device, seeding of compiled steps, atomic saves, versions and wandb: what every training script needs.
 
 
 def resolve_device(name: str) -> torch.device:
@@ -184,30 +930,6 @@ def resolve_compile(use_compile: bool | None, device: torch.device, on_cpu: bool
     if use_compile is not None:
         return use_compile
     return device.type == "cuda" or on_cpu
-
-
-def out_of_range(args, positive=(), non_negative=(), fractions=(), rates=(), open_fractions=()) -> list[str]:
-    """One message per field of `args` outside its range: positive (> 0), non_negative (>= 0), fractions
-    (0 <= x <= 1), rates (0 < x <= 1), open_fractions (0 < x < 1). Fields set to None (a default chosen later)
-    are skipped."""
-    rules = [(positive, lambda v: v > 0, "> 0"), (non_negative, lambda v: v >= 0, ">= 0"),
-             (fractions, lambda v: 0 <= v <= 1, "in [0, 1]"), (rates, lambda v: 0 < v <= 1, "in (0, 1]"),
-             (open_fractions, lambda v: 0 < v < 1, "in (0, 1)")]
-    return [f"--{name.replace('_', '-')} must be {bound}, got {getattr(args, name)}"
-            for names, within, bound in rules for name in names
-            if getattr(args, name) is not None and not within(getattr(args, name))]
-
-
-def refuse(problems: list[str]) -> None:
-    """Stop before any work with every problem found, on one line."""
-    if problems:
-        raise SystemExit(f"{os.path.basename(__file__)}: " + "; ".join(problems))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 # mode="reduce-overhead", except that inductor raises where it would silently skip capturing a graph
@@ -272,28 +994,52 @@ def refuse_non_finite(obj, path) -> None:
                          f"(the run diverged). The file already there, if any, is kept.")
 
 
-def lock_file(path) -> Path:
-    return Path(path).with_name(f".{Path(path).name}.lock")
-
-
-@contextlib.contextmanager
-def cache_lock(path, what: str):
-    """Hold the lock file `.<name>.lock` beside `path` (fcntl.flock, freed by the OS even if this process is
-    killed) while a cache is trained and written, so that runs started together train it once: the others wait
-    here, then load the file."""
-    lock_path = lock_file(path)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"{what}: another run is writing {path}; waiting for it to finish", flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def software_versions() -> dict:
     return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__}
+
+
+def init_tracking(args, run_name: str):
+    """A wandb run when --track is given (CleanRL conventions: project, entity, run name, config), else None."""
+    if not args.track:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise SystemExit("--track needs wandb: pip install wandb (or drop --track).") from None
+    return wandb.init(
+        project=args.wandb_project_name, entity=args.wandb_entity, name=run_name, config=vars(args), save_code=True
+    )
+# ==== end mirror: training ====
+
+
+# ==== mirror: common (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py, leq_pixel.py) ====
+def out_of_range(args, positive=(), non_negative=(), fractions=(), rates=(), open_fractions=()) -> list[str]:
+    """One message per field of `args` outside its range: positive (> 0), non_negative (>= 0), fractions
+    (0 <= x <= 1), rates (0 < x <= 1), open_fractions (0 < x < 1). Fields set to None (a default chosen later)
+    are skipped."""
+    rules = [(positive, lambda v: v > 0, "> 0"), (non_negative, lambda v: v >= 0, ">= 0"),
+             (fractions, lambda v: 0 <= v <= 1, "in [0, 1]"), (rates, lambda v: 0 < v <= 1, "in (0, 1]"),
+             (open_fractions, lambda v: 0 < v < 1, "in (0, 1)")]
+    return [f"--{name.replace('_', '-')} must be {bound}, got {getattr(args, name)}"
+            for names, within, bound in rules for name in names
+            if getattr(args, name) is not None and not within(getattr(args, name))]
+
+
+def refuse(problems: list[str]) -> None:
+    """Stop before any work with every problem found, on one line."""
+    if problems:
+        raise SystemExit(f"{os.path.basename(__file__)}: " + "; ".join(problems))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+# ==== end mirror: common ====
+
+
+# ==== mirror: checkpoints (identical in leq_state.py, leq_pixel.py) ====
+# Loading a checkpoint: kind, format and dataset fingerprint are checked before anything is used.
 
 
 def load_checkpoint(path, kind: str, fingerprint: str | None, device) -> dict:
@@ -359,50 +1105,11 @@ def eval_csv_writer(run_dir, rows: list):
 
 def _eval_csv_line(row: dict) -> str:
     return ",".join(str(row.get(key, "")) for key in EVAL_CSV_HEADER.split(",")) + "\n"
+# ==== end mirror: checkpoints ====
 
 
-def init_tracking(args, run_name: str):
-    """A wandb run when --track is given (CleanRL conventions: project, entity, run name, config), else None."""
-    if not args.track:
-        return None
-    try:
-        import wandb
-    except ImportError:
-        raise SystemExit("--track needs wandb: pip install wandb (or drop --track).") from None
-    return wandb.init(
-        project=args.wandb_project_name, entity=args.wandb_entity, name=run_name, config=vars(args), save_code=True
-    )
-# ==== end mirror: common ====
-
-
-# ==== mirror: d4rl_antmaze (identical in d4rl_antmaze.py, collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py) ====
-import os
-import tempfile
-import xml.etree.ElementTree as ET
-
-import gymnasium
-import mujoco
-from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
-
-# D4RL's AntMaze on gymnasium's MujocoEnv. API:
-#   make_d4rl_antmaze_env(maze, seed=None, eval_goal_variant=None, render_mode=None, width=480, height=480,
-#                         max_episode_steps=None) -> gymnasium.Env (TimeLimit-wrapped D4RLAntMazeEnv)
-#       maze: "umaze" | "medium" | "large" | "ultra", or a D4RL env id ("antmaze-medium-play-v2", ...).
-#       seed seeds the first reset() called without a seed (goal sampling and reset noise).
-#       Observation: float64 [29] = qpos[:15] ++ qvel[:14] = x, y, z, quaternion (w, x, y, z), 8 joint
-#       angles, vx, vy, vz, 3 angular velocities, 8 joint velocities; xy in the D4RL frame.
-#       Action: float [8] in [-1, 1]; motor torque = 30 * action (D4RL's NormalizedBoxEnv over ctrlrange +-30).
-#       Reward 1.0 and terminated=True when the torso xy is within 0.5 of the episode's goal, else 0.0;
-#       truncated after 700 (umaze), 1000 (medium, large) or 2000 (ultra) steps. info: success, goal.
-#   d4rl_antmaze_name(env_id) -> maze name;  d4rl_antmaze_cell_xy(maze, row, col) -> cell centre (x, y)
-#   sample_d4rl_antmaze_goal(maze, variant, rng) -> goal xy;  d4rl_antmaze_goal_box(maze, variant) -> (low, high)
-#   d4rl_antmaze_xml(maze) -> the MJCF text of the ant in the maze
-#   Constants: D4RL_ANTMAZE_MAPS, D4RL_ANTMAZE_GOAL_CENTRES (leq-spec section 6 termination centres, D4RL
-#   frame), D4RL_ANTMAZE_MAX_EPISODE_STEPS, D4RL_ANTMAZE_DEFAULT_GOAL_VARIANT, D4RL_ANT_XML_CHANGES, ...
-# The D4RL frame puts (0, 0) at the centre of the start cell "r", x grows with the column and y with the
-# row: cell (row, col) has its centre at (col * 4 - col_r * 4, row * 4 - row_r * 4).
-# Sources: D4RL d4rl/locomotion/{ant.py, maze_env.py, goal_reaching_env.py, wrappers.py, __init__.py,
-# assets/ant.xml}; kwanyoungpark/LEQ d4rl_ext/locomotion/{maze_env.py, ant.py, assets/ant.xml, __init__.py}.
+# ==== mirror: d4rl_antmaze_maps (identical in d4rl_antmaze.py, collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py) ====
+# D4RL's AntMaze layouts and goal centres (the d4rl_antmaze block builds its environment from them).
 
 # The evaluation layouts: D4RL maze_env.py U_MAZE_TEST, BIG_MAZE_TEST, HARDEST_MAZE_TEST (registered
 # for antmaze-{umaze,medium,large}-*-v2) and LEQ d4rl_ext maze_env.py ULTRA_MAZE_TEST (antmaze-ultra-*-v0).
@@ -458,6 +1165,39 @@ D4RL_ANTMAZE_GOAL_CENTRES = {
     "large": (32.75, 24.75),
     "ultra": (52.75, 36.75),
 }
+# ==== end mirror: d4rl_antmaze_maps ====
+
+
+# ==== mirror: d4rl_antmaze (identical in d4rl_antmaze.py, fqe_pretrain.py, leq_state.py) ====
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+
+import gymnasium
+import mujoco
+from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+
+# D4RL's AntMaze on gymnasium's MujocoEnv. API:
+#   make_d4rl_antmaze_env(maze, seed=None, eval_goal_variant=None, render_mode=None, width=480, height=480,
+#                         max_episode_steps=None) -> gymnasium.Env (TimeLimit-wrapped D4RLAntMazeEnv)
+#       maze: "umaze" | "medium" | "large" | "ultra", or a D4RL env id ("antmaze-medium-play-v2", ...).
+#       seed seeds the first reset() called without a seed (goal sampling and reset noise).
+#       Observation: float64 [29] = qpos[:15] ++ qvel[:14] = x, y, z, quaternion (w, x, y, z), 8 joint
+#       angles, vx, vy, vz, 3 angular velocities, 8 joint velocities; xy in the D4RL frame.
+#       Action: float [8] in [-1, 1]; motor torque = 30 * action (D4RL's NormalizedBoxEnv over ctrlrange +-30).
+#       Reward 1.0 and terminated=True when the torso xy is within 0.5 of the episode's goal, else 0.0;
+#       truncated after 700 (umaze), 1000 (medium, large) or 2000 (ultra) steps. info: success, goal.
+#   d4rl_antmaze_name(env_id) -> maze name;  d4rl_antmaze_cell_xy(maze, row, col) -> cell centre (x, y)
+#   sample_d4rl_antmaze_goal(maze, variant, rng) -> goal xy;  d4rl_antmaze_goal_box(maze, variant) -> (low, high)
+#   d4rl_antmaze_xml(maze) -> the MJCF text of the ant in the maze
+#   Constants: D4RL_ANTMAZE_MAPS, D4RL_ANTMAZE_GOAL_CENTRES (leq-spec section 6 termination centres, D4RL
+#   frame), D4RL_ANTMAZE_MAX_EPISODE_STEPS, D4RL_ANTMAZE_DEFAULT_GOAL_VARIANT, D4RL_ANT_XML_CHANGES, ...
+# The D4RL frame puts (0, 0) at the centre of the start cell "r", x grows with the column and y with the
+# row: cell (row, col) has its centre at (col * 4 - col_r * 4, row * 4 - row_r * 4).
+# Sources: D4RL d4rl/locomotion/{ant.py, maze_env.py, goal_reaching_env.py, wrappers.py, __init__.py,
+# assets/ant.xml}; kwanyoungpark/LEQ d4rl_ext/locomotion/{maze_env.py, ant.py, assets/ant.xml, __init__.py}.
+
+
 # D4RL __init__.py (v2 ids) and LEQ d4rl_ext __init__.py (ultra v0 ids): max_episode_steps.
 D4RL_ANTMAZE_MAX_EPISODE_STEPS = {"umaze": 700, "medium": 1000, "large": 1000, "ultra": 2000}
 D4RL_ANTMAZE_SCALING = 4.0  # metres per cell (registrations: maze_size_scaling=4.0)
@@ -524,13 +1264,6 @@ def _d4rl_antmaze_variant(variant: str) -> str:
     if variant not in D4RL_ANTMAZE_GOAL_OFFSETS:
         raise ValueError(f"unknown eval goal variant {variant!r}: use one of {sorted(D4RL_ANTMAZE_GOAL_OFFSETS)}")
     return variant
-
-
-def d4rl_antmaze_goal_box(maze: str, variant: str) -> tuple[np.ndarray, np.ndarray]:
-    """(low, high) corners of the square the eval goal is drawn from (the maze's one goal cell)."""
-    (goal_cell,) = _d4rl_antmaze_cells(maze, "g")
-    corner = d4rl_antmaze_cell_xy(maze, *goal_cell) + D4RL_ANTMAZE_GOAL_OFFSETS[_d4rl_antmaze_variant(variant)]
-    return np.maximum(corner, 0.0), np.maximum(corner + 0.375 * D4RL_ANTMAZE_SCALING, 0.0)
 
 
 def sample_d4rl_antmaze_goal(maze: str, variant: str, rng: np.random.Generator) -> np.ndarray:
@@ -684,7 +1417,6 @@ generated automatically for the datasets this project makes), a Minari id (e.g. 
 """
 import hashlib
 import warnings
-from collections import deque
 
 # 1 = wall, 0 = free: D4RL's layouts (the d4rl_antmaze block) without the start and goal letters; rows in D4RL's
 # order (gymnasium-robotics draws row 0 at the top, +y).
@@ -695,14 +1427,6 @@ MAZE_START_GOAL_CELLS = {"umaze": ((1, 1), (3, 1)), "medium": ((1, 1), (6, 6)), 
 # reversed, i.e. D4RL's umaze moved without mirroring (datasets-and-envs.md §2.4). We evaluate on that map.
 MINARI_ANTMAZE_UMAZE_START_GOAL = ((3, 1), (1, 1))
 MAZE_SCALING = {"antmaze": 4.0, "pointmaze": 1.0}  # metres per cell (hard-coded in gymnasium-robotics)
-PLAY_GOAL_CELLS = {  # "play" data: goals from these few cells only ("diverse": from every free cell)
-    "umaze": [(1, 1), (1, 3), (3, 1)],
-    "medium": [(1, 1), (2, 6), (5, 1), (6, 5), (6, 6)],
-    "large": [(1, 1), (1, 6), (3, 5), (3, 10), (5, 2), (7, 4), (7, 6), (7, 9)],
-    "ultra": [(1, 1), (1, 14), (3, 9), (5, 3), (5, 13), (8, 5), (8, 11), (10, 4), (10, 14)],
-}
-POINTMAZE_RANDOM_ACTION_SHARE = 0.2  # generated pointmaze data: share of uniform-random-action steps (README)
-RANDOM_EPISODE_STEPS = 500  # length of each random-action episode, from a random reset
 # gymnasium-robotics' PointMaze episode lengths; ultra (not registered there) twice large's, as for the antmaze
 POINTMAZE_EPISODE_STEPS = {"umaze": 300, "medium": 600, "large": 800, "ultra": 1600}
 ANTMAZE_EPISODE_STEPS = {"umaze": 700, "medium": 1000, "large": 1000, "ultra": 2000}  # D4RL episode lengths
@@ -713,10 +1437,6 @@ TAP_ULTRA_URL = ("https://github.com/ZhengyaoJiang/d4rl/releases/download/public
                  "Ant_maze_ultra_noisy_multistart_True_multigoal_{}_sparse.hdf5")
 ROBOTS = {  # gymnasium class name, action dim, obs dim (D4RL layout), obs dim (NeoRL layout, with x)
     "hopper": ("Hopper", 3, 11, 12), "walker2d": ("Walker2d", 6, 17, 18), "halfcheetah": ("HalfCheetah", 6, 17, 18)}
-D4RL_REF_RETURNS = {"hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3),
-                    "halfcheetah": (-280.178953, 12135.0)}  # (random, expert), d4rl/gym_mujoco/__init__.py
-NEORL_REF_RETURNS = {"hopper": (5.0, 3294.0), "walker2d": (1.0, 5143.0),
-                     "halfcheetah": (-298.0, 12284.0)}  # (min, max), leq-spec §1
 TAU_TABLE_10 = {  # paper Table 10; 0.1 where the paper has no entry
     "antmaze-umaze": 0.1, "antmaze-umaze-diverse": 0.1, "antmaze-medium-play": 0.3, "antmaze-medium-diverse": 0.1,
     "antmaze-large-play": 0.3, "antmaze-large-diverse": 0.3, "antmaze-ultra-play": 0.1, "antmaze-ultra-diverse": 0.1,
@@ -728,9 +1448,7 @@ TAU_TABLE_10 = {  # paper Table 10; 0.1 where the paper has no entry
     "Walker2d-v3-medium": 0.1, "Walker2d-v3-high": 0.1, "HalfCheetah-v3-low": 0.1, "HalfCheetah-v3-medium": 0.3,
     "HalfCheetah-v3-high": 0.3,
 }
-VIDEO_SIZE = 256  # pixels per side of evaluation videos
 GENERATED_NAMESPACE = "leq"  # Minari namespace of the datasets this project generates
-GENERATED_STEPS = 1_000_000  # transitions of a generated default dataset
 
 
 @dataclass(frozen=True)
@@ -1156,42 +1874,17 @@ def maze_goal_centre(task: Task, frame: str, dataset_id: str | None = None) -> n
 
 def _in_goal_region(next_obs: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
     return (np.linalg.norm(next_obs[:, :2] - centre, axis=-1) <= radius).astype(np.float32)
+# ==== end mirror: task ====
 
 
-# ---- termination functions (leq-spec §6) ------------------------------------------------------------------------
+# ==== mirror: evaluate (identical in fqe_pretrain.py, leq_state.py) ====
+# Evaluation in the real environment: episodes, success, D4RL-normalised scores, videos.
 
-def make_termination_fn(task: Task, data: OfflineData, goal_radius: float | None = None):
-    """fn(obs, act, next_obs) -> bool tensor [B]: True where the true environment would terminate."""
-    if task.family in ("antmaze", "pointmaze"):
-        centre_x, centre_y = map(float, maze_goal_centre(task, data.maze_frame, data.source.removeprefix("minari:")))
-        radius_sq = float(goal_radius if goal_radius is not None else task.goal_radius) ** 2
 
-        def maze_done(obs, act, next_obs):  # Python-float constants: no tensor to move, CUDA-graph friendly
-            return (next_obs[:, 0] - centre_x) ** 2 + (next_obs[:, 1] - centre_y) ** 2 <= radius_sq
-
-        return maze_done
-    offset = 1 if task.family == "neorl" else 0  # NeoRL observations start with x: z, angle shift by one
-
-    def hopper_done(obs, act, next_obs):
-        height, angle = next_obs[:, offset], next_obs[:, offset + 1]
-        state = next_obs[:, 3:] if offset else next_obs[:, 1:]
-        alive = (torch.isfinite(next_obs).all(-1) & (state.abs() < 100).all(-1) & (height > 0.7)
-                 & (angle.abs() < 0.2))
-        return ~alive
-
-    def walker2d_done(obs, act, next_obs):
-        height, angle = next_obs[:, offset], next_obs[:, offset + 1]
-        state = next_obs[:, offset + 2:] if offset else next_obs
-        alive = (((state > -100) & (state < 100)).all(-1) & (height > 0.8) & (height < 2.0)
-                 & (angle > -1.0) & (angle < 1.0))
-        return ~alive
-
-    def halfcheetah_done(obs, act, next_obs):
-        if offset:  # NeoRL's own rule: HalfCheetah never terminates (x grows without bound)
-            return torch.zeros(next_obs.shape[0], dtype=torch.bool, device=next_obs.device)
-        return ~((next_obs > -100) & (next_obs < 100)).all(-1)
-
-    return {"hopper": hopper_done, "walker2d": walker2d_done, "halfcheetah": halfcheetah_done}[task.robot]
+D4RL_REF_RETURNS = {"hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3),
+                    "halfcheetah": (-280.178953, 12135.0)}  # (random, expert), d4rl/gym_mujoco/__init__.py
+NEORL_REF_RETURNS = {"hopper": (5.0, 3294.0), "walker2d": (1.0, 5143.0),
+                     "halfcheetah": (-298.0, 12284.0)}  # (min, max), leq-spec §1
 
 
 # ---- evaluation ---------------------------------------------------------------------------------------------------
@@ -1224,41 +1917,6 @@ def _flat_maze_obs(task: Task):
     return to_obs
 
 
-def _maze_map(task: Task, start, goal) -> list:
-    layout = [list(row) for row in MAZE_LAYOUTS[task.maze]]
-    layout[start[0]][start[1]], layout[goal[0]][goal[1]] = "r", "g"
-    return layout
-
-
-ADROIT_NOTICE = "environment's reward functions were updated in v1.2.1 without an environment version update"
-
-
-def import_gymnasium_robotics():
-    """gymnasium_robotics, without the notice it prints at import about its Adroit hand envs' rewards (none of
-    our tasks). It is a print to stderr, not a warning, so it is caught there; anything else printed passes."""
-    import contextlib
-    import io
-
-    printed = io.StringIO()
-    with contextlib.redirect_stderr(printed):
-        import gymnasium_robotics
-    lines = printed.getvalue().splitlines(keepends=True)
-    sys.stderr.write("".join(line for line in lines if ADROIT_NOTICE not in line))
-    return gymnasium_robotics
-
-
-def make_maze_env(task: Task, maze_map, continuing_task: bool, max_episode_steps: int, render_mode=None, **kwargs):
-    """A gymnasium-robotics PointMaze (v3) or AntMaze (v4, 27-dim ant obs as Minari's data) on `maze_map`."""
-    import gymnasium as gym
-
-    gym.register_envs(import_gymnasium_robotics())
-    env_id = "PointMaze_UMaze-v3" if task.family == "pointmaze" else "AntMaze_UMaze-v4"
-    if render_mode is not None:
-        kwargs.update(width=VIDEO_SIZE, height=VIDEO_SIZE)
-    return gym.make(env_id, maze_map=maze_map, continuing_task=continuing_task, max_episode_steps=max_episode_steps,
-                    render_mode=render_mode, **kwargs)
-
-
 def make_eval_env(task: Task, data: OfflineData, render_mode=None) -> EvalEnv:
     """The environment that scores a policy trained on `data`: episodes end on success for mazes."""
     if task.family == "antmaze" and data.maze_frame == "d4rl":
@@ -1272,15 +1930,6 @@ def make_eval_env(task: Task, data: OfflineData, render_mode=None) -> EvalEnv:
         kwargs.update(width=VIDEO_SIZE, height=VIDEO_SIZE)
     env = make_locomotion_env(task, data.eval_gym_id or _default_eval_gym_id(task), render_mode=render_mode, **kwargs)
     return EvalEnv(env, lambda obs: obs.astype(np.float32))
-
-
-def make_locomotion_env(task: Task, gym_id: str, **kwargs):
-    """gymnasium's MuJoCo env `gym_id`; v4 is chosen on purpose (D4RL's dynamics), so its deprecation note is muted."""
-    import gymnasium as gym
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is out of date", category=DeprecationWarning)
-        return gym.make(gym_id, max_episode_steps=task.max_episode_steps, **kwargs)
 
 
 def make_antmaze_eval_env_for_d4rl_data(task: Task, render_mode=None) -> EvalEnv:
@@ -1352,258 +2001,68 @@ def _write_video(frames: list, path: str, fps: int) -> None:
     except Exception as error:
         raise SystemExit(f"could not write the video {path} ({type(error).__name__}: {error}); a .gif path needs "
                          f"no extra package, .mp4 needs `pip install imageio-ffmpeg`.") from None
+# ==== end mirror: evaluate ====
 
 
-# ---- datasets this project generates -----------------------------------------------------------------------------
-
-def generate_dataset(task: Task, steps: int = GENERATED_STEPS, seed: int = 0, force: bool = False,
-                     dataset_id: str | None = None, random_action_share: float = POINTMAZE_RANDOM_ACTION_SHARE) -> str:
-    """Collect `steps` transitions in the real environment and store them as a Minari dataset; returns its id.
-
-    pointmaze-*: cell planner + PD controller with action noise (D4RL/Minari style), a new goal at each success,
-    then `random_action_share` of the steps as uniform-random-action episodes from random resets (the wall contacts
-    the world model needs; 0 gives Minari-style data, stored under the -v1 id);
-    {hopper,walker2d,halfcheetah}-random: uniform random actions in the gymnasium v4 env (D4RL's layout);
-    antmaze-*: uniform random actions in gymnasium-robotics' AntMaze (for tests only: no ant controller here)."""
-    if task.family == "pointmaze" or (task.family == "locomotion" and task.level == "random"):
-        dataset_id = dataset_id or task.default_dataset
-        collect = collect_locomotion_random
-        if task.family == "pointmaze":
-            if random_action_share != POINTMAZE_RANDOM_ACTION_SHARE and dataset_id == task.default_dataset:
-                if random_action_share != 0.0:
-                    raise SystemExit(f"--random-action-share {random_action_share} is neither the default "
-                                     f"({POINTMAZE_RANDOM_ACTION_SHARE}) nor 0 (Minari-style): name the dataset with "
-                                     f"--dataset-id.")
-                dataset_id = dataset_id.removesuffix("-v2") + "-v1"
-            collect = lambda task, steps, seed: collect_pointmaze(task, steps, seed, random_action_share)
-    elif task.family == "antmaze":
-        dataset_id = dataset_id or f"{GENERATED_NAMESPACE}/antmaze/{task.maze}-random-v0"
-        collect = collect_antmaze_random
-    else:
-        raise SystemExit(f"{task.env_id}: this project generates only pointmaze-*, *-random locomotion and (for "
-                         f"tests) random-action antmaze data. {_how_to_get_data(task)}")
-    target = minari_root() / dataset_id
-    if (target / "data").is_dir() and not force:
-        raise SystemExit(f"{target} already exists; pass --force to replace it.")
-    episodes, env, summary = collect(task, steps, seed)
-    _write_minari(dataset_id, episodes, env, summary, seed)
-    print(summary)
-    return dataset_id
+# ==== mirror: envs (identical in collect_dataset.py, fqe_pretrain.py, leq_state.py) ====
+# The real environments of the state tasks: pointmaze and antmaze from gymnasium-robotics, locomotion.
+import warnings
 
 
-def _write_minari(dataset_id: str, episodes: list, env, description: str, seed: int) -> None:
-    """Write to a temporary root, then move into place: a crash never leaves half a dataset."""
-    import shutil
-
-    import minari
-
-    root = minari_root()
-    tmp_root = root / f".tmp-{os.getpid()}"
-    previous = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(tmp_root)
-    try:
-        minari.create_dataset_from_buffers(
-            dataset_id=dataset_id, buffer=episodes, env=env, eval_env=env.spec,
-            algorithm_name=description.split(":")[0],
-            author="leq-pytorch collect_dataset.py", author_email="n/a", code_permalink="collect_dataset.py",
-            description=f"{description} (seed {seed})")
-    finally:
-        if previous is None:
-            os.environ.pop("MINARI_DATASETS_PATH")
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = previous
-        env.close()
-    target = root / dataset_id
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp_root / dataset_id, target)
-    shutil.rmtree(tmp_root, ignore_errors=True)
+VIDEO_SIZE = 256  # pixels per side of evaluation videos
 
 
-def _episode_buffer(index: int, seed, observations, actions, rewards, terminations, truncations):
-    from minari.data_collector import EpisodeBuffer
-
-    as_array = (lambda v: {k: np.asarray(x) for k, x in v.items()}) if isinstance(observations, dict) else np.asarray
-    return EpisodeBuffer(id=index, seed=seed, observations=as_array(observations),
-                         actions=np.asarray(actions, dtype=np.float32), rewards=np.asarray(rewards, dtype=np.float64),
-                         terminations=np.asarray(terminations, dtype=bool),
-                         truncations=np.asarray(truncations, dtype=bool))
-
-
-class MazePlanner:
-    """Shortest paths over maze cells (BFS from the goal cell) and the next waypoint toward the goal."""
-
-    def __init__(self, task: Task):
-        self.task, self.layout, self.distances = task, MAZE_LAYOUTS[task.maze], {}
-        self.scale = MAZE_SCALING[task.family]
-
-    def cell_of(self, xy) -> tuple:
-        rows, cols = len(self.layout), len(self.layout[0])
-        return int(np.floor(rows / 2 - xy[1] / self.scale)), int(np.floor(xy[0] / self.scale + cols / 2))
-
-    def _distances_to(self, goal_cell) -> dict:
-        if goal_cell not in self.distances:
-            distance, queue = {goal_cell: 0}, deque([goal_cell])
-            while queue:
-                row, col = queue.popleft()
-                for neighbour in ((row + 1, col), (row - 1, col), (row, col + 1), (row, col - 1)):
-                    if self.layout[neighbour[0]][neighbour[1]] != 1 and neighbour not in distance:
-                        distance[neighbour] = distance[(row, col)] + 1
-                        queue.append(neighbour)
-            self.distances[goal_cell] = distance
-        return self.distances[goal_cell]
-
-    def waypoint(self, xy, goal_xy) -> np.ndarray:
-        """The goal itself in the goal's cell, else the centre of the neighbouring cell one step closer."""
-        here, goal_cell = self.cell_of(xy), self.cell_of(goal_xy)
-        distance = self._distances_to(goal_cell)
-        if here == goal_cell or here not in distance:
-            return np.asarray(goal_xy)
-        row, col = here
-        step = min(((row + 1, col), (row - 1, col), (row, col + 1), (row, col - 1)),
-                   key=lambda cell: distance.get(cell, np.inf))
-        return cell_centre(self.task, step)
-
-    def next_waypoint(self, xy, goal_xy, rng: np.random.Generator) -> np.ndarray:
-        """Minari's waypoint after the one at xy: the next cell centre jittered by -U(0, 0.2) per axis, or the goal."""
-        waypoint = self.waypoint(cell_centre(self.task, self.cell_of(xy)), goal_xy)
-        if self.cell_of(waypoint) == self.cell_of(goal_xy):
-            return np.asarray(goal_xy)
-        return waypoint - rng.uniform(0.0, 0.2, 2)
-
-
-def collect_pointmaze(task: Task, steps: int, seed: int, random_action_share: float = 0.0):
-    """PointMaze driven as Minari's pointmaze data: PD control a = 10 (waypoint - xy) - v + N(0, 0.5^2) toward
-    each waypoint of a shortest cell path (MazePlanner.next_waypoint), held until the point is within 0.1 of it.
-    Holding each waypoint makes the point overshoot at turns and touch walls; without that contact data the world
-    model cannot learn that walls stop the point. The env draws a new goal at each
-    success, and an episode ends there (or after max_episode_steps without success, when the env is reset).
-    The last `random_action_share` of the steps are uniform-random-action episodes of RANDOM_EPISODE_STEPS steps,
-    each from a random reset: they press into walls and corners that the planner's paths never touch."""
-    from tqdm import tqdm
-
+def _maze_map(task: Task, start, goal) -> list:
     layout = [list(row) for row in MAZE_LAYOUTS[task.maze]]
-    if task.level == "play":
-        for row, col in PLAY_GOAL_CELLS[task.maze]:
-            layout[row][col] = "g"  # goals only here; resets anywhere
-    env = make_maze_env(task, layout, continuing_task=True, max_episode_steps=10 * steps + 1, reset_target=True)
-    planner, rng = MazePlanner(task), np.random.default_rng(seed)
-    episodes, reached, timed_out = [], 0, 0
-    obs, _ = env.reset(seed=seed)
-    episode, waypoint = _new_maze_episode(obs), None
-    planner_steps = steps - round(random_action_share * steps)
-    for _ in tqdm(range(planner_steps), desc=f"collecting {task.env_id}", mininterval=1.0):
-        point = obs["observation"]
-        goal = env.unwrapped.goal.copy()  # the obs of a success step still shows the goal just reached
-        if waypoint is None:
-            waypoint = planner.next_waypoint(point[:2], goal, rng)
-        elif np.linalg.norm(waypoint - point[:2]) < 0.1:  # Minari's waypoint threshold
-            waypoint = planner.next_waypoint(waypoint, goal, rng)
-        action = 10.0 * (waypoint - point[:2]) - point[2:] + rng.normal(0.0, 0.5, 2)
-        action = np.clip(action, -1.0, 1.0).astype(np.float32)
-        obs, reward, terminated, _, info = env.step(action)
-        too_long = len(episode["actions"]) + 1 >= task.max_episode_steps and not info["success"]
-        _append_maze_step(episode, obs, action, reward, terminated, info["success"] or too_long)
-        reached += info["success"]
-        if info["success"] or too_long:
-            episodes.append(_episode_buffer(len(episodes), seed, **episode))
-            timed_out += too_long
-            if too_long:
-                obs, _ = env.reset()
-            episode, waypoint = _new_maze_episode(obs), None
-    if episode["actions"]:
-        episode["truncations"][-1] = True
-        episodes.append(_episode_buffer(len(episodes), seed, **episode))
-    rate = reached / max(reached + timed_out, 1)
-    summary = (f"planner+PD: {planner_steps} steps, {len(episodes)} episodes; the controller reached its goal in "
-               f"{reached} of {reached + timed_out} finished episodes ({100 * rate:.1f}%)")
-    if planner_steps < steps:
-        random_episodes = random_maze_episodes(env, steps - planner_steps, rng, seed, first_index=len(episodes))
-        episodes += random_episodes
-        summary += f"; then uniform random actions: {steps - planner_steps} steps, {len(random_episodes)} episodes"
-    return episodes, env, summary
+    layout[start[0]][start[1]], layout[goal[0]][goal[1]] = "r", "g"
+    return layout
 
 
-def random_maze_episodes(env, steps: int, rng: np.random.Generator, seed: int, first_index: int) -> list:
-    """Episodes of uniform random actions, each RANDOM_EPISODE_STEPS long (the last one shorter) from a new reset."""
-    episodes = []
-    for begin in range(0, steps, RANDOM_EPISODE_STEPS):
-        obs, _ = env.reset()
-        episode = _new_maze_episode(obs)
-        length = min(RANDOM_EPISODE_STEPS, steps - begin)
-        for t in range(length):
-            action = rng.uniform(-1.0, 1.0, 2).astype(np.float32)
-            obs, reward, terminated, _, _ = env.step(action)
-            _append_maze_step(episode, obs, action, reward, terminated, t == length - 1)
-        episodes.append(_episode_buffer(first_index + len(episodes), seed, **episode))
-    return episodes
+ADROIT_NOTICE = "environment's reward functions were updated in v1.2.1 without an environment version update"
 
 
-def _new_maze_episode(obs) -> dict:
-    return {"observations": {key: [value] for key, value in obs.items()}, "actions": [], "rewards": [],
-            "terminations": [], "truncations": []}
+def import_gymnasium_robotics():
+    """gymnasium_robotics, without the notice it prints at import about its Adroit hand envs' rewards (none of
+    our tasks). It is a print to stderr, not a warning, so it is caught there; anything else printed passes."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stderr(printed):
+        import gymnasium_robotics
+    lines = printed.getvalue().splitlines(keepends=True)
+    sys.stderr.write("".join(line for line in lines if ADROIT_NOTICE not in line))
+    return gymnasium_robotics
 
 
-def _append_maze_step(episode, obs, action, reward, terminated, truncated) -> None:
-    for key, value in obs.items():
-        episode["observations"][key].append(value)
-    episode["actions"].append(action)
-    episode["rewards"].append(reward)
-    episode["terminations"].append(terminated)
-    episode["truncations"].append(truncated)
+def make_maze_env(task: Task, maze_map, continuing_task: bool, max_episode_steps: int, render_mode=None, **kwargs):
+    """A gymnasium-robotics PointMaze (v3) or AntMaze (v4, 27-dim ant obs as Minari's data) on `maze_map`."""
+    import gymnasium as gym
+
+    gym.register_envs(import_gymnasium_robotics())
+    env_id = "PointMaze_UMaze-v3" if task.family == "pointmaze" else "AntMaze_UMaze-v4"
+    if render_mode is not None:
+        kwargs.update(width=VIDEO_SIZE, height=VIDEO_SIZE)
+    return gym.make(env_id, maze_map=maze_map, continuing_task=continuing_task, max_episode_steps=max_episode_steps,
+                    render_mode=render_mode, **kwargs)
 
 
-def collect_antmaze_random(task: Task, steps: int, seed: int):
-    """Uniform random actions in gymnasium-robotics' AntMaze on the eval map (tests only: the ant barely moves)."""
-    from tqdm import tqdm
+def make_locomotion_env(task: Task, gym_id: str, **kwargs):
+    """gymnasium's MuJoCo env `gym_id`; v4 is chosen on purpose (D4RL's dynamics), so its deprecation note is muted."""
+    import gymnasium as gym
 
-    env = make_maze_env(task, _maze_map(task, *MAZE_START_GOAL_CELLS[task.maze]), True, task.max_episode_steps)
-    env.action_space.seed(seed)
-    episodes = []
-    obs, _ = env.reset(seed=seed)
-    episode = _new_maze_episode(obs)
-    for _ in tqdm(range(steps), desc=f"collecting random {task.env_id}", mininterval=1.0):
-        action = env.action_space.sample()
-        obs, reward, terminated, truncated, _ = env.step(action)
-        _append_maze_step(episode, obs, action, reward, terminated, truncated)
-        if terminated or truncated:
-            episodes.append(_episode_buffer(len(episodes), seed, **episode))
-            obs, _ = env.reset()
-            episode = _new_maze_episode(obs)
-    if episode["actions"]:
-        episode["truncations"][-1] = True
-        episodes.append(_episode_buffer(len(episodes), seed, **episode))
-    return episodes, env, f"random actions: {steps} steps, {len(episodes)} episodes"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is out of date", category=DeprecationWarning)
+        return gym.make(gym_id, max_episode_steps=task.max_episode_steps, **kwargs)
+# ==== end mirror: envs ====
 
 
-def collect_locomotion_random(task: Task, steps: int, seed: int):
-    """Uniform random actions in the gymnasium v4 env (D4RL's observation layout), episodes of at most 1000 steps."""
-    from tqdm import tqdm
+# ==== mirror: generated_data (identical in collect_dataset.py, leq_state.py) ====
+# The size of a generated default dataset: collect_dataset.py makes it, leq_state.py's plan prices it.
 
-    env = make_locomotion_env(task, _default_eval_gym_id(task))
-    env.action_space.seed(seed)
-    episodes, returns = [], []
-    obs, _ = env.reset(seed=seed)
-    episode = {"observations": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
-    for _ in tqdm(range(steps), desc=f"collecting {task.env_id}", mininterval=1.0):
-        action = env.action_space.sample()
-        obs, reward, terminated, truncated, _ = env.step(action)
-        for key, value in (("observations", obs), ("actions", action), ("rewards", reward),
-                           ("terminations", terminated), ("truncations", truncated)):
-            episode[key].append(value)
-        if terminated or truncated:
-            episodes.append(_episode_buffer(len(episodes), seed, **episode))
-            returns.append(sum(episode["rewards"]))
-            obs, _ = env.reset()
-            episode = {"observations": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
-    if episode["actions"]:
-        episode["truncations"][-1] = True
-        episodes.append(_episode_buffer(len(episodes), seed, **episode))
-    summary = (f"random actions: {steps} steps, {len(episodes)} episodes, mean finished-episode return "
-               f"{np.mean(returns) if returns else float('nan'):.1f}")
-    return episodes, env, summary
-# ==== end mirror: task ====
+
+GENERATED_STEPS = 1_000_000  # transitions of a generated default dataset
+# ==== end mirror: generated_data ====
 
 
 # ==== mirror: world_model (identical in train_world_model.py, leq_state.py) ====
@@ -1927,6 +2386,25 @@ def train_dynamics(
     return dict(holdout_losses=best, elites=elites, epochs=epoch, history=history)
 
 
+def world_model_path(env_id: str, seed: int, fingerprint: str) -> Path:
+    """Default checkpoint path shared by train_world_model.py (writes) and leq_state.py (reads)."""
+    return Path("checkpoints") / "world_model" / f"{env_id}__seed{seed}__{fingerprint[:10]}.pt"
+
+
+def save_world_model(path, model: EnsembleDynamics, fingerprint: str, **extra) -> None:
+    """One file: kind, fingerprint, architecture, weights + scaler + elites, software versions, and `extra`
+    (e.g. holdout_losses, args), written atomically."""
+    checkpoint = dict(kind="world_model", fingerprint=fingerprint, config=model.config(), versions=software_versions())
+    checkpoint.update(extra, state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()})
+    atomic_save(checkpoint, path)
+# ==== end mirror: world_model ====
+
+
+# ==== mirror: world_model_sampling (identical in leq_state.py) ====
+# Sampling the trained world model: elite routing and reparameterised transitions (leq-spec §3).
+import torch
+
+
 ROUTINGS = ("exact", "balanced")
 
 
@@ -1984,26 +2462,13 @@ def sample_step(model, obs, act, routing: str = "exact"):
     return transition(model, obs, act, route, noise, routing)
 
 
-def world_model_path(env_id: str, seed: int, fingerprint: str) -> Path:
-    """Default checkpoint path shared by train_world_model.py (writes) and leq_state.py (reads)."""
-    return Path("checkpoints") / "world_model" / f"{env_id}__seed{seed}__{fingerprint[:10]}.pt"
-
-
-def save_world_model(path, model: EnsembleDynamics, fingerprint: str, **extra) -> None:
-    """One file: kind, fingerprint, architecture, weights + scaler + elites, software versions, and `extra`
-    (e.g. holdout_losses, args), written atomically."""
-    checkpoint = dict(kind="world_model", fingerprint=fingerprint, config=model.config(), versions=software_versions())
-    checkpoint.update(extra, state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()})
-    atomic_save(checkpoint, path)
-
-
 def load_world_model(path, fingerprint: str | None, device):
     """(model, checkpoint) from a world_model checkpoint; refuses one trained on another dataset."""
     checkpoint = load_checkpoint(path, "world_model", fingerprint, device)
     model = EnsembleDynamics(**checkpoint["config"], device=device)
     model.load_state_dict(checkpoint["state_dict"])
     return model, checkpoint
-# ==== end mirror: world_model ====
+# ==== end mirror: world_model_sampling ====
 
 
 # ==== mirror: agent (identical in fqe_pretrain.py, leq_state.py) ====
@@ -2232,11 +2697,6 @@ def run_updates(update, steps: int, desc: str, log_interval: int, use_cudagraphs
     return averages
 
 
-@torch.no_grad()
-def policy_value(critic: Critic, actor: Actor, obs: torch.Tensor) -> torch.Tensor:
-    return critic(obs, actor(obs))
-
-
 def pretrain_checkpoint_path(env_id: str, seed: int, fingerprint: str) -> Path:
     return Path("checkpoints") / "pretrain" / f"{env_id}__seed{seed}__{fingerprint[:10]}.pt"
 
@@ -2268,21 +2728,6 @@ def save_pretrain_checkpoint(path, actor: Actor, critic: Critic, ema_critic: Cri
         },
         path,
     )
-
-
-def load_pretrain_checkpoint(path, fingerprint: str | None, device):
-    """Rebuild actor, critic and EMA critic on `device` from a pretrain checkpoint of this dataset."""
-    checkpoint = load_checkpoint(path, "pretrain", fingerprint, device)
-    sizes, stats = checkpoint["network"], checkpoint["normalization"]
-    hidden = {"hidden_dim": sizes["hidden_dim"], "num_layers": sizes["num_layers"]}
-    actor = Actor(stats["obs_mean"], stats["obs_std"], sizes["act_dim"], **hidden,
-                  trainable_scaler=sizes.get("trainable_scaler", False)).to(device)
-    critic = Critic(stats["obs_act_mean"], stats["obs_act_std"], **hidden).to(device)
-    ema_critic = ema_copy(critic)
-    actor.load_state_dict(checkpoint["actor"])
-    critic.load_state_dict(checkpoint["critic"])
-    ema_critic.load_state_dict(checkpoint["ema_critic"])
-    return actor, critic, ema_critic, checkpoint
 # ==== end mirror: agent ====
 
 
@@ -2309,676 +2754,7 @@ def expectile_weight(target: torch.Tensor, prediction: torch.Tensor, tau: float)
     """|tau - 1(prediction > target)| (Eq. 1): tau where the target is above the prediction, else 1 - tau,
     in the prediction's dtype (Python-scalar branches would give float32 even in a float64 computation)."""
     return torch.where(target > prediction, torch.full_like(prediction, tau), torch.full_like(prediction, 1.0 - tau))
-
-
-def expectile_loss(target: torch.Tensor, prediction: torch.Tensor, tau: float) -> torch.Tensor:
-    """Elementwise L2_tau (Eq. 1): the squared error weighted by expectile_weight."""
-    return expectile_weight(target, prediction, tau) * (target - prediction).square()
 # ==== end mirror: returns ====
-
-
-# ---------------------------------------------------------------------------------------------------------
-# LEQ: return targets, imagined rollouts, the critic loss (Eq. 7) and the actor gradient (Eq. 11), leq-spec §5
-# ---------------------------------------------------------------------------------------------------------
-def recursive_returns(q, rewards, alive, gamma: float, alpha, beta):
-    """V_H = q_H and V_t = alpha_t q_t + beta_t (m_t r_t + gamma m_{t+1} V_{t+1}) for t < H.
-
-    The λ-return (alpha = 1/Z_t, beta = λ c_t/Z_t), the H-step return (alpha = 0, beta = 1) and Q itself
-    (alpha = 1, beta = 0) are all of this form; the actor's reverse sweep needs exactly these coefficients."""
-    values = [q[-1]]
-    for t in range(rewards.shape[0] - 1, -1, -1):
-        values.append(alpha[t] * q[t] + beta[t] * (alive[t] * rewards[t] + gamma * alive[t + 1] * values[-1]))
-    return torch.stack(values[::-1])
-
-
-def return_coefficients(kind: str, horizon: int, lam: float) -> tuple[list[float], list[float]]:
-    """(alpha_t, beta_t), t < H, of recursive_returns for the actor objectives of leq-spec §8."""
-    if kind == "lambda":  # Z_t = 1 + λ c_t, c_t = 1 + λ c_{t+1}, c_{H-1} = 1 (leq-spec §5)
-        weights = [0.0] * horizon
-        weight = 0.0
-        for t in range(horizon - 1, -1, -1):
-            weight = 1 + lam * weight
-            weights[t] = weight
-        return [1 / (1 + lam * c) for c in weights], [lam * c / (1 + lam * c) for c in weights]
-    if kind == "multi-step":
-        return [0.0] * horizon, [1.0] * horizon
-    if kind == "q":
-        return [1.0] * horizon, [0.0] * horizon
-    raise ValueError(f"unknown return kind {kind!r}: use 'lambda', 'multi-step' or 'q'")
-
-
-def critic_targets(kind: str, q, rewards, alive, gamma: float, lam: float):
-    """Targets V_0..V_{H-1} of the imagined critic term: λ-return (Eq. 8 as coded), H-step or one-step return."""
-    if kind == "lambda":
-        values = lambda_returns(q, rewards, alive, gamma, lam)
-    elif kind == "multi-step":
-        alpha, beta = return_coefficients("multi-step", rewards.shape[0], lam)
-        values = recursive_returns(q, rewards, alive, gamma, alpha, beta)
-    elif kind == "one-step":
-        values = alive[:-1] * rewards + gamma * alive[1:] * q[1:]
-    else:
-        raise ValueError(f"unknown critic target {kind!r}: use 'lambda', 'multi-step' or 'one-step'")
-    return values[: rewards.shape[0]]
-
-
-@dataclass
-class Rollout:
-    """An imagined rollout of fixed shape: terminations are masks, the batch never shrinks."""
-
-    states: torch.Tensor  # [H+1, B, obs] s_0..s_H
-    actions: torch.Tensor  # [H+1, B, act] a_t = pi(s_t)
-    rewards: torch.Tensor  # [H, B] model rewards on the training scale
-    alive: torch.Tensor  # [H+1, B] m_0 = 1, m_{t+1} = m_t (1 - term_t)
-
-
-@torch.no_grad()
-def imagine(actor, transition, terminated, start, horizon: int) -> Rollout:
-    """H steps of a_t = pi(s_t), (s_{t+1}, r_t) ~ model, term_t = true termination (no gradient)."""
-    states, actions, rewards, alive = [start], [], [], [torch.ones_like(start[:, 0])]
-    for _ in range(horizon):
-        action = actor(states[-1]).clamp(-1.0, 1.0)
-        next_state, reward = transition(states[-1], action)
-        alive.append(alive[-1] * (1.0 - terminated(states[-1], action, next_state).float()))
-        states.append(next_state)
-        actions.append(action)
-        rewards.append(reward)
-    actions.append(actor(states[-1]).clamp(-1.0, 1.0))
-    return Rollout(torch.stack(states), torch.stack(actions), torch.stack(rewards), torch.stack(alive))
-
-
-def critic_loss_terms(critic, critic_ema, batch: dict, rollout: Rollout, next_q, targets, gamma: float, tau: float):
-    """The four terms of the critic loss (Eq. 7 as coded, leq-spec §5), each a scalar, before beta weighting.
-
-    batch: dataset transitions (observations, actions, rewards on the training scale, masks = 1 - terminal);
-    next_q: sg Q(s', pi(s')); targets: sg V_0..V_{H-1}. Imagined terms are weighted by w_t = gamma^t m_t."""
-    q_data = critic(batch["observations"], batch["actions"])
-    td_target = batch["rewards"] + gamma * batch["masks"] * next_q
-    horizon = rollout.rewards.shape[0]
-    states, actions = rollout.states[:horizon], rollout.actions[:horizon]
-    q_model = critic(states.flatten(0, 1), actions.flatten(0, 1)).view(horizon, -1)
-    discounts = gamma ** torch.arange(horizon, dtype=q_model.dtype, device=q_model.device)
-    weights = discounts[:, None] * rollout.alive[:horizon]
-    with torch.no_grad():
-        ema_data = critic_ema(batch["observations"], batch["actions"])
-        ema_model = critic_ema(states.flatten(0, 1), actions.flatten(0, 1)).view(horizon, -1)
-    return {
-        "td_data": expectile_loss(td_target, q_data, 0.5).mean(),  # 0.5 (y - Q)^2: no expectile on real data
-        "expectile_model": (weights * expectile_loss(targets, q_model, tau)).mean(),
-        "ema_data": (ema_data - q_data).square().mean(),
-        "ema_model": (weights * (ema_model - q_model).square()).mean(),
-    }
-
-
-def actor_loss_one_sweep(actor, critic, transition, terminated, start, horizon, gamma, alpha, beta, tau):
-    """Actor loss of Eq. 11 as coded: -sum_t mean_B sg(e_t g_t) . pi_theta(sg(s_t)), with g_t = dV_t/da_t.
-
-    g_t is the total derivative through critic, model reward and next state and the later actions' dependence
-    on later states (policy parameters fixed). It comes from ONE reverse sweep of H+1 small vector-Jacobian
-    products (leq-spec §5, cost note): with u_t = dV_t/ds_t, step t's local map (s_t, a_t) -> (q_t, s_{t+1},
-    r_t) gets the cotangents (alpha_t, beta_t gamma m_{t+1} u_{t+1}, beta_t m_t); its VJP gives (ds, da),
-    g_t = da and u_t = ds + da . dpi/ds. torch.func.vjp keeps each step's pullback from the forward pass, so
-    the model noise and elite draws are the forward pass's, and torch.compile traces the sweep as one graph.
-    Returns (loss, V [H+1, B], q [H+1, B], g [H+1, B, act])."""
-    with torch.no_grad():  # torch.func.vjp still differentiates inside; no outer graph is built
-        states, qs, rewards, step_pullbacks, policy_pullbacks = [], [], [], [], []
-        alive = [torch.ones_like(start[:, 0])]
-        state = start.detach()
-        for t in range(horizon + 1):
-            action, policy_pullback = torch.func.vjp(actor, state)
-            states.append(state)
-            policy_pullbacks.append(policy_pullback)
-            if t < horizon:
-                (q, next_state, reward), step_pullback = torch.func.vjp(
-                    lambda s, a: (critic(s, a), *transition(s, a)), state, action
-                )
-                alive.append(alive[t] * (1.0 - terminated(state, action, next_state).float()))
-                rewards.append(reward)
-                state = next_state
-            else:
-                q, step_pullback = torch.func.vjp(critic, state, action)
-            qs.append(q)
-            step_pullbacks.append(step_pullback)
-        q, alive = torch.stack(qs).detach(), torch.stack(alive)
-        values = recursive_returns(q, torch.stack(rewards).detach(), alive, gamma, alpha, beta)
-
-        gradients = [None] * (horizon + 1)
-        state_gradient = None  # u_{t+1}
-        for t in range(horizon, -1, -1):
-            if t == horizon:
-                d_state, d_action = step_pullbacks[t](torch.ones_like(qs[t]))
-            else:
-                d_state, d_action = step_pullbacks[t](
-                    (torch.full_like(qs[t], alpha[t]), (beta[t] * gamma) * alive[t + 1][:, None] * state_gradient,
-                     beta[t] * alive[t])
-                )
-            gradients[t] = d_action.detach()
-            if t > 0:
-                (through_policy,) = policy_pullbacks[t](d_action)
-                state_gradient = d_state + through_policy
-        gradients = torch.stack(gradients)
-
-    weights = expectile_weight(values, q, tau)
-    weights[horizon] = 0.5  # e_H = 0.5 (leq-spec §5)
-    policy_actions = actor(torch.stack(states).detach())  # pi_theta(sg(s_t)) for all t in one batched call
-    loss = -((weights[..., None] * gradients) * policy_actions).sum(-1).mean(-1).sum()
-    return loss, values, q, gradients
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The training loop: dataset expansion, the update step, evaluation, checkpoints
-# ---------------------------------------------------------------------------------------------------------
-class ExpansionBuffer:
-    """D_model on the device (Algorithm 1 lines 6-11): a FIFO of the last `keep` expansions, each `size`
-    dataset start states rolled `length` steps in the model with the noisy policy; all R states are kept."""
-
-    def __init__(self, obs_dim: int, size: int, length: int, keep: int, device):
-        self.size, self.length, self.keep = size, length, keep
-        self.states = torch.zeros(keep * length * size, obs_dim, device=device)
-        self.filled = torch.zeros((), device=device)  # number of valid states, a tensor: sampling never syncs
-        self.expansions = 0
-
-    @torch.no_grad()
-    def expand(self, explore, transition, dataset_observations, chunk: int = 12500) -> None:
-        slot = (self.expansions % self.keep) * self.length * self.size
-        starts = torch.randint(0, dataset_observations.shape[0], (self.size,), device=self.states.device)
-        for begin in range(0, self.size, chunk):  # chunks bound the memory of the 7 x 200 ensemble activations
-            state = dataset_observations[starts[begin : begin + chunk]]
-            for t in range(self.length):
-                offset = slot + t * self.size + begin
-                self.states[offset : offset + state.shape[0]] = state
-                state, _ = transition(state, explore(state))
-        self.expansions += 1
-        self.filled.fill_(min(self.expansions, self.keep) * self.length * self.size)
-
-    def sample(self, batch_size: int) -> torch.Tensor:
-        index = (torch.rand(batch_size, device=self.states.device) * self.filled).long()
-        return self.states[index]
-
-    def state_dict(self) -> dict:
-        return {"states": self.states, "filled": self.filled, "expansions": self.expansions}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.states.copy_(state["states"])
-        self.filled.copy_(state["filled"])
-        self.expansions = state["expansions"]
-
-
-def make_model_transition(world_model, routing: str, reward_scale: float, reward_shift: float):
-    """(obs, act) -> (next_obs, reward on the training scale): one reparameterised draw of the world model."""
-
-    def step(obs, act):
-        next_obs, reward = sample_step(world_model, obs, act, routing)
-        return next_obs, reward * reward_scale + reward_shift
-
-    return step
-
-
-def cosine_lr(base_lr: float, step: torch.Tensor, total_steps: int) -> torch.Tensor:
-    """Cosine decay from base_lr to 0 over the run (leq-spec §2), computed on the device from a step tensor."""
-    progress = step.clamp(max=total_steps) / total_steps
-    return base_lr * 0.5 * (1.0 + torch.cos(math.pi * progress))
-
-
-def make_leq_update(actor, critic, critic_ema, actor_optimizer, critic_optimizer, data, sample_starts,
-                    transition, terminated, args, tau: float):
-    """One LEQ gradient step (Algorithm 1 lines 12-20). Both updates use the pre-step parameters: every loss
-    and gradient is computed before either optimiser steps. Returns detached metric tensors (no host sync)."""
-    alpha, beta = return_coefficients(args.actor_objective, args.horizon, args.lam)
-    actor_lr = actor_optimizer.param_groups[0]["lr"]
-    step_count = torch.zeros((), device=data["obs"].device)
-
-    def update() -> dict:
-        index = torch.randint(0, data["obs"].shape[0], (args.batch_size,), device=data["obs"].device)
-        batch = {"observations": data["obs"][index], "actions": data["act"][index], "rewards": data["reward"][index],
-                 "masks": data["mask"][index]}
-        start = sample_starts(args.model_batch_size)
-
-        actor_loss, values, q_actor, _ = actor_loss_one_sweep(
-            actor, critic, transition, terminated, start, args.horizon, args.gamma, alpha, beta, tau
-        )
-        rollout = imagine(actor, transition, terminated, start, args.horizon)  # a separate draw for the critic
-        with torch.no_grad():
-            q_rollout = critic(rollout.states.flatten(0, 1), rollout.actions.flatten(0, 1)).view(args.horizon + 1, -1)
-            targets = critic_targets(args.critic_target, q_rollout, rollout.rewards, rollout.alive, args.gamma, args.lam)
-            next_obs = data["next_obs"][index]
-            next_q = critic(next_obs, actor(next_obs))
-        terms = critic_loss_terms(critic, critic_ema, batch, rollout, next_q, targets, args.gamma, tau)
-        critic_loss = (1 - args.beta) * (terms["td_data"] + args.ema_weight * terms["ema_data"]) + args.beta * (
-            terms["expectile_model"] + args.ema_weight * terms["ema_model"]
-        )  # Eq. 7 with the EMA regulariser (leq-spec §5)
-
-        actor_optimizer.zero_grad(set_to_none=True)
-        critic_optimizer.zero_grad(set_to_none=True)
-        (actor_loss + critic_loss).backward()  # disjoint parameters: one backward gives both gradients
-        actor_lr.copy_(cosine_lr(args.actor_lr, step_count, args.total_steps))
-        actor_optimizer.step()
-        critic_optimizer.step()
-        ema_update_(critic_ema, critic, args.ema_rate)
-        step_count.add_(1)
-        return {
-            "critic_loss": critic_loss.detach(),
-            "actor_loss": actor_loss.detach(),
-            **{k: v.detach() for k, v in terms.items()},
-            "q_data": next_q.mean(),
-            "q_model": q_actor.mean(),
-            "v_model": values.mean(),
-            "alive_at_h": rollout.alive[-1].mean(),
-            "actor_lr": actor_lr.detach().clone(),
-        }
-
-    return update, step_count
-
-
-def numpy_policy(actor, device):
-    """The deterministic policy tanh(mu(s)) as numpy -> numpy, for evaluate() of the task block."""
-
-    @torch.no_grad()
-    def act(obs):
-        return actor(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
-
-    return act
-
-
-def rng_states() -> dict:
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def save_leq_checkpoint(path, step: int, run_name: str, fingerprint: str, args, modules: dict, buffer, history) -> None:
-    """Everything a resumed run needs to continue bit-exactly on the CPU: parameters, optimiser states, the
-    expansion buffer, the step, the RNG states and the evaluation history (written atomically)."""
-    atomic_save(
-        {
-            "kind": "leq",
-            "fingerprint": fingerprint,
-            "step": step,
-            "run_name": run_name,
-            "args": dict(vars(args)),
-            **{name: module.state_dict() for name, module in modules.items()},
-            "buffer": buffer.state_dict() if buffer is not None else None,
-            "rng": rng_states(),
-            "threads": torch.get_num_threads(),
-            "history": history,
-            "software": software_versions(),
-        },
-        path,
-    )
-
-
-def divergence_message(step: int, bad: list[str], last_good: tuple | None) -> str:
-    where = (f"the last good checkpoint, {last_good[0]} (step {last_good[1]}), is intact" if last_good
-             else "no checkpoint was written yet")
-    return (f"diverged at step {step}: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} not finite. Stopped; "
-            f"{where}. Try a lower --actor-lr / --critic-lr or another --tau.")
-
-
-def warn_if_not_bit_exact(checkpoint: dict, args, device) -> None:
-    """Say so when the resumed run cannot continue bit-exactly: compiled or eager step, device and CPU thread
-    count all change the floating-point results."""
-    was = {"compile": checkpoint["args"]["compile"], "cudagraphs": checkpoint["args"]["cudagraphs"],
-           "device": checkpoint["args"]["device"], "threads": checkpoint.get("threads")}
-    now = {"compile": args.compile, "cudagraphs": args.cudagraphs, "device": args.device,
-           "threads": torch.get_num_threads()}
-    changed = [f"{k} {was[k]} -> {now[k]}" for k in was if was[k] is not None and was[k] != now[k]]
-    if changed:
-        print(f"note: resuming with {', '.join(changed)}; the continuation will not be bit-identical to an "
-              f"uninterrupted run (keep the run's settings for that).")
-
-
-def resume_path(resume: str) -> Path:
-    path = Path(resume)
-    path = path / "checkpoint.pt" if path.is_dir() else path
-    if not path.is_file():
-        raise SystemExit(f"--resume {resume}: no checkpoint found at {path}. Pass a run directory or a checkpoint file.")
-    return path
-
-
-def world_model_cache(args, fingerprint: str) -> Path:
-    """--world-model-path, else train_world_model.py's default path (one per epoch cap)."""
-    if args.world_model_path:
-        return Path(args.world_model_path)
-    path = world_model_path(args.env_id, args.seed, fingerprint)
-    if args.world_model_max_epochs is not None:
-        path = path.with_name(f"{path.stem}__max{args.world_model_max_epochs}ep.pt")
-    return path
-
-
-def pretrain_cache(args, fingerprint: str) -> Path:
-    """--pretrain-path, else fqe_pretrain.py's default path (one per set of non-paper pretraining settings)."""
-    if args.pretrain_path:
-        return Path(args.pretrain_path)
-    path = pretrain_checkpoint_path(args.env_id, args.seed, fingerprint)
-    return path.with_name(path.stem + pretrain_variant(args) + ".pt")
-
-
-PRETRAIN_SETTINGS = ("bc_steps", "bc_batch_size", "bc_lr", "fqe_steps", "fqe_batch_size", "fqe_lr", "actor_scaler")
-
-
-def pretrain_variant(args) -> str:
-    """The pretraining settings that differ from the paper's (Args' defaults) as a cache-name suffix, '' if none,
-    so a cached BC+FQE checkpoint is reused only by runs that would have pretrained it the same way."""
-    paper = Args()
-    return "".join(f"__{name}={getattr(args, name)}" for name in PRETRAIN_SETTINGS
-                   if getattr(args, name) != getattr(paper, name))
-
-
-def load_or_train_world_model(args, task, data, device):
-    """The world model from train_world_model.py's default checkpoint (or --world-model-path), else trained
-    here with the same code and cached under a lock, so a tau sweep started at once trains it once per dataset
-    and seed while the other runs wait for the file."""
-    path = world_model_cache(args, data.fingerprint)
-    if not path.is_file():
-        if args.world_model_path:
-            raise SystemExit(f"--world-model-path {path} does not exist; train one with train_world_model.py.")
-        with cache_lock(path, "world model"):
-            if not path.is_file():  # else another run wrote it while this one waited
-                train_and_cache_world_model(args, task, data, device, path)
-    model, _ = load_world_model(path, data.fingerprint, device)
-    print(f"world model: loaded {path}")
-    return model.requires_grad_(False)
-
-
-def train_and_cache_world_model(args, task, data, device, path) -> None:
-    print(f"world model: none at {path}; training one now (OfflineRL-Kit recipe, leq-spec §3)", flush=True)
-    model = EnsembleDynamics(task.obs_dim, task.act_dim, device=device)
-    result = train_dynamics(
-        model, data.observations, data.actions, data.rewards, data.next_observations,
-        max_epochs=args.world_model_max_epochs,
-        log_epoch=lambda s: print(f"  epoch {s['epoch']}: holdout mse of elites {s['elites_holdout_mse']:.5f}"),
-    )
-    save_world_model(path, model, data.fingerprint, holdout_losses=result["holdout_losses"], args=dict(vars(args)))
-    print(f"world model: saved {path} ({result['epochs']} epochs)")
-
-
-def load_or_pretrain_agent(args, data, tensors, device):
-    """BC actor and FQE critic (Algorithm 1 line 3) from fqe_pretrain.py's default checkpoint (or
-    --pretrain-path), else pretrained here with the same code and cached under a lock; fresh networks with
-    --no-pretrain."""
-    trainable_scaler = args.actor_scaler == "trainable"
-    if not args.pretrain:
-        stats = normalization_stats(data.observations, data.actions)
-        actor = Actor(stats["obs_mean"], stats["obs_std"], data.actions.shape[1], trainable_scaler=trainable_scaler)
-        critic = Critic(stats["obs_act_mean"], stats["obs_act_std"]).to(device)
-        return actor.to(device), critic, ema_copy(critic)
-    path = pretrain_cache(args, data.fingerprint)
-    if not path.is_file():
-        if args.pretrain_path:
-            raise SystemExit(f"--pretrain-path {path} does not exist; train one with fqe_pretrain.py.")
-        with cache_lock(path, "pretraining"):
-            if not path.is_file():  # else another run wrote it while this one waited
-                pretrain_and_cache_agent(args, data, tensors, device, path, trainable_scaler)
-    actor, critic, critic_ema, _ = load_pretrain_checkpoint(path, data.fingerprint, device)
-    if isinstance(actor.normalizer.mean, nn.Parameter) != trainable_scaler:
-        raise SystemExit(f"{path} was pretrained with the other --actor-scaler; pass --actor-scaler "
-                         f"{'fixed' if trainable_scaler else 'trainable'} or pretrain again.")
-    critic_ema.load_state_dict(critic.state_dict())  # critic and EMA both start from FQE (leq-spec §4)
-    print(f"pretraining: loaded {path}")
-    return actor, critic, critic_ema
-
-
-def pretrain_and_cache_agent(args, data, tensors, device, path, trainable_scaler: bool) -> None:
-    print(f"pretraining: none at {path}; running BC ({args.bc_steps} steps) then FQE ({args.fqe_steps} steps)",
-          flush=True)
-    stats = normalization_stats(data.observations, data.actions)
-    actor = Actor(stats["obs_mean"], stats["obs_std"], data.actions.shape[1], trainable_scaler=trainable_scaler)
-    actor = actor.to(device)
-    critic = Critic(stats["obs_act_mean"], stats["obs_act_std"]).to(device)
-    critic_ema = ema_copy(critic)
-    bc = make_bc_update(actor, torch.optim.Adam(actor.parameters(), lr=args.bc_lr), tensors, args.bc_batch_size)
-    run_updates(bc, args.bc_steps, "BC", max(1, args.bc_steps // 20))
-    fqe = make_fqe_update(critic, critic_ema, actor, torch.optim.Adam(critic.parameters(), lr=args.fqe_lr), tensors,
-                          args.fqe_batch_size, args.gamma, args.ema_rate)
-    run_updates(fqe, args.fqe_steps, "FQE", max(1, args.fqe_steps // 20))
-    critic_ema.load_state_dict(critic.state_dict())  # LEQ's critic and its EMA both start from FQE (leq-spec §4)
-    save_pretrain_checkpoint(path, actor, critic, critic_ema, data.fingerprint, args)
-    print(f"pretraining: saved {path}")
-
-
-def parse_args(argv: list[str] | None = None) -> Args:
-    """Args from the command line; --preset NAME swaps in that preset's defaults, and explicit flags still win."""
-    preset = tyro.cli(Args, args=argv).preset
-    if preset == "none":
-        return tyro.cli(Args, args=argv)
-    return tyro.cli(Args, args=argv, default=Args(preset=preset, **PRESETS[preset]))
-
-
-# Seconds per unit of work on the development CPU, one thread (README, Speed); the plan scales them to the run.
-CPU_SECONDS = {
-    "generate": 83 / 1e6,  # per generated transition (collect_dataset.py, pointmaze)
-    "world_model": 104 / 1e6,  # per transition and epoch (bench_world_model.py, eager)
-    "bc": 50e-3 / 4096,  # per sample of a BC step (bench_fqe_pretrain.py, 50 ms at batch 4096)
-    "fqe": 10.6e-3 / 256,  # per sample of an FQE step (10.6 ms at batch 256)
-    "leq": {"exact": 364e-3 / 512, "balanced": 286e-3 / 512},  # per sample of an eager LEQ step (bench_leq.py)
-    "expansion": {"exact": 10.8 / 250_000, "balanced": 2.7 / 250_000},  # per imagined expansion transition
-    "env_step": {"pointmaze": 91e-6, "antmaze": 826e-6, "locomotion": 259e-6, "neorl": 259e-6},  # evaluation
-}
-WORLD_MODEL_EPOCHS = 10  # a guess at early stopping: 9 epochs on generated 1M-transition pointmaze data (README)
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "no figure for this device"
-    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= 2 * size:
-            return f"~{seconds / size:.1f} {unit}"
-    return f"~{seconds:.0f} s"
-
-
-def plan_stages(args: Args, task: Task, data: OfflineData | None, start_step: int) -> list[tuple[str, str, float]]:
-    """(stage, what it does, CPU seconds) for every stage of this run; `data` is None while it is not generated."""
-    cost, routing = CPU_SECONDS, args.routing
-    transitions = len(data) if data is not None else GENERATED_STEPS
-    stages = [("data", f"generate {transitions:,} transitions", transitions * cost["generate"]) if data is None
-              else ("data", f"loaded {data.source} ({transitions:,} transitions)", 0.0)]
-    fingerprint = data.fingerprint if data is not None else ""
-    if data is not None and world_model_cache(args, fingerprint).is_file():
-        stages.append(("world model", f"load {world_model_cache(args, fingerprint)}", 0.0))
-    else:
-        epochs = args.world_model_max_epochs or WORLD_MODEL_EPOCHS
-        how = f"{epochs} epochs" if args.world_model_max_epochs else f"until early stop (~{epochs} epochs)"
-        stages.append(("world model", f"train {how} and cache", epochs * transitions * cost["world_model"]))
-    if not args.pretrain:
-        stages.append(("BC + FQE", "skipped (--no-pretrain)", 0.0))
-    elif data is not None and pretrain_cache(args, fingerprint).is_file():
-        stages.append(("BC + FQE", f"load {pretrain_cache(args, fingerprint)}", 0.0))
-    else:
-        stages.append(("BC", f"{args.bc_steps:,} steps at batch {args.bc_batch_size}",
-                       args.bc_steps * args.bc_batch_size * cost["bc"]))
-        stages.append(("FQE", f"{args.fqe_steps:,} steps at batch {args.fqe_batch_size}",
-                       args.fqe_steps * args.fqe_batch_size * cost["fqe"]))
-    steps = args.total_steps - start_step
-    expansions = len(range(start_step, args.total_steps, args.expansion_interval)) if args.expansion else 0
-    stages.append(("LEQ loop", f"{steps:,} steps at batch {args.batch_size} + {args.model_batch_size}, "
-                   f"{expansions} expansions",
-                   steps * (args.batch_size + args.model_batch_size) * cost["leq"][routing]
-                   + expansions * args.expansion_size * args.rollout_length * cost["expansion"][routing]))
-    evaluations = len(range(start_step + args.eval_interval, args.total_steps, args.eval_interval))
-    episodes = evaluations * args.eval_episodes + args.final_eval_episodes * (2 if args.pretrain else 1)
-    stages.append(("evaluations", f"{episodes} episodes of at most {task.max_episode_steps} steps",
-                   episodes * task.max_episode_steps * cost["env_step"][task.family]))
-    return stages
-
-
-def print_plan(args: Args, task: Task, data: OfflineData | None, device: torch.device, start_step: int) -> None:
-    """The stages this run will go through, each with its estimated time, before the first one starts."""
-    stages = plan_stages(args, task, data, start_step)
-    on_cpu = device.type == "cpu"
-    total = sum(seconds for _, _, seconds in stages)
-    print(f"plan on {device} (times from one-thread figures measured on a 2-core CPU, README 'Speed'"
-          + ("; compile time not included" if args.compile else "") + "):")
-    width = max(len(what) for _, what, _ in stages)
-    for stage, what, seconds in stages + [("total", "", total)]:
-        print(f"  {stage:<12} {what:<{width}}  {duration(seconds if on_cpu else None) if seconds else ''}")
-    if on_cpu and total > 86400:
-        print(f"This is a multi-day job on this CPU ({duration(total)}). For a run sized for a CPU, try "
-              f"`python leq_state.py --preset cpu-check`.")
-
-
-def check_args(args: Args) -> torch.device:
-    """Every argument and the environment checked in seconds, before any stage: the device, the CUDA-only flags,
-    value ranges, the env id, where the data and the given checkpoints are. Returns the device."""
-    device = check_device(args)
-    problems = out_of_range(
-        args,
-        positive=("total_steps", "batch_size", "model_batch_size", "horizon", "expansion_interval", "expansion_size",
-                  "rollout_length", "expansion_keep", "bc_batch_size", "fqe_batch_size", "log_interval",
-                  "eval_interval", "eval_episodes", "final_eval_episodes", "checkpoint_interval", "actor_lr",
-                  "critic_lr", "bc_lr", "fqe_lr", "goal_radius", "world_model_max_epochs"),
-        non_negative=("bc_steps", "fqe_steps", "ema_weight"),
-        fractions=("beta", "lam"),
-        rates=("gamma", "ema_rate"),
-        open_fractions=("tau",),
-    )
-    for flag, path in (("--world-model-path", args.world_model_path), ("--pretrain-path", args.pretrain_path)):
-        if path is not None and not Path(path).is_file():
-            problems.append(f"{flag} {path} does not exist")
-    refuse(problems)
-    locate_dataset(get_task(args.env_id), args.dataset_path)
-    return device
-
-
-def main(args: Args) -> dict:
-    """The whole pipeline: data, world model, BC+FQE, the LEQ loop, evaluation. Returns the final scores."""
-    checkpoint = None
-    if args.resume:
-        checkpoint = load_checkpoint(resume_path(args.resume), "leq", None, "cpu")  # its data is known only below
-        given = {k: getattr(args, k) for k in ("resume", "device", "compile", "cudagraphs", "track")}
-        keep = {k: v for k, v in given.items() if v is not None}  # unset (None): the run's own setting
-        args = Args(**{**checkpoint["args"], **keep})  # the run continues with its own hyperparameters
-        print(f"resuming {checkpoint['run_name']} at step {checkpoint['step']}")
-    device = check_args(args)
-    args.compile = resolve_compile(args.compile, device)
-    seed_everything(args.seed)
-
-    task = get_task(args.env_id)
-    tau = task.tau if args.tau is None else args.tau
-    generated_here = locate_dataset(task, args.dataset_path)[0] == "generate"
-    data = None if generated_here else load_dataset(task, args.dataset_path, args.download)
-    print_plan(args, task, data, device, checkpoint["step"] if checkpoint else 0)
-    if generated_here:
-        data = load_dataset(task, args.dataset_path, args.download)
-    if checkpoint:
-        refuse_other_dataset(checkpoint, data.fingerprint, f"--resume {args.resume}")
-    run_name = checkpoint["run_name"] if checkpoint else new_run_name(args.env_id, args.exp_name, args.seed)
-    run_dir = Path("runs") / run_name
-    write_run_config(run_dir, args, env_id=args.env_id, seed=args.seed, tau=tau, run_name=run_name,
-                     dataset=data.source, dataset_fingerprint=data.fingerprint)
-    tensors = transition_tensors(data, device)
-    world_model = load_or_train_world_model(args, task, data, device)
-    actor, critic, critic_ema = load_or_pretrain_agent(args, data, tensors, device)
-    bc_actor = copy.deepcopy(actor)
-
-    seed_everything(args.seed)  # the LEQ loop draws the same numbers whether the models were cached or not
-    tracker = init_tracking(args, run_name)
-    transition = make_model_transition(world_model, args.routing, data.reward_scale, data.reward_shift)
-    terminated = make_termination_fn(task, data, args.goal_radius)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=torch.tensor(args.actor_lr, device=device))
-    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
-    buffer = None
-    if args.expansion:
-        buffer = ExpansionBuffer(task.obs_dim, args.expansion_size, args.rollout_length, args.expansion_keep, device)
-        sample_starts = buffer.sample
-    else:  # ablation: imagined rollouts start from dataset states
-        sample_starts = lambda n: tensors["obs"][torch.randint(0, tensors["obs"].shape[0], (n,), device=device)]
-    modules = {"actor": actor, "critic": critic, "critic_ema": critic_ema, "actor_optimizer": actor_optimizer,
-               "critic_optimizer": critic_optimizer}
-    history = {"eval": [], "bc_score": None}
-    start_step = 0
-    if checkpoint:
-        for name, module in modules.items():
-            module.load_state_dict(checkpoint[name])
-        if buffer is not None:
-            buffer.load_state_dict(checkpoint["buffer"])
-        history, start_step = checkpoint["history"], checkpoint["step"]
-        set_rng_states(checkpoint["rng"])
-    append_eval_row = eval_csv_writer(run_dir, history["eval"])
-    # built after loading: the optimiser's state_dict brings its own learning-rate tensor
-    update, step_count = make_leq_update(actor, critic, critic_ema, actor_optimizer, critic_optimizer, tensors,
-                                         sample_starts, transition, terminated, args, tau)
-    step_count.fill_(start_step)
-    step_fn = compile_step(update, args.compile, args.cudagraphs, device)
-    print(f"LEQ on {args.env_id}: tau {tau}, {args.total_steps} steps, device {device}, compile {args.compile}, "
-          f"cudagraphs {args.cudagraphs}, routing {args.routing}, run dir {run_dir}")
-    if checkpoint:
-        warn_if_not_bit_exact(checkpoint, args, device)
-    last_good = (run_dir / "checkpoint.pt", start_step) if checkpoint else None
-
-    def stop_if_diverged(step: int, losses: dict) -> None:
-        bad = non_finite({"losses": losses, **{name: module.state_dict() for name, module in modules.items()}})
-        if bad:
-            raise SystemExit(divergence_message(step, bad, last_good))
-
-    def evaluate_policy(policy_actor, policy: str, episodes: int, step: int) -> dict:
-        """One evaluation as an eval.csv row: {step, policy, episodes, mean, std} (scores x100)."""
-        result = evaluate(task, data, numpy_policy(policy_actor, device), episodes, seed=args.seed + step)
-        return {"step": step, "policy": policy, "episodes": episodes, "mean": float(result["mean"]),
-                "std": float(result["std"])}
-
-    last_score = history["eval"][-1]["mean"] if history["eval"] else float("nan")
-    sums, count, last_time = None, 0, time.perf_counter()
-    bar = tqdm(range(start_step + 1, args.total_steps + 1), initial=start_step, total=args.total_steps,
-               desc="LEQ", dynamic_ncols=True)
-    for step in bar:
-        if buffer is not None and (step - 1) % args.expansion_interval == 0:  # the first one before step 1
-            buffer.expand(actor.explore, transition, tensors["obs"])
-        if args.cudagraphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        metrics = step_fn()
-        sums = {k: v.clone() for k, v in metrics.items()} if sums is None else {k: sums[k] + v for k, v in metrics.items()}
-        count += 1
-        if step % args.eval_interval == 0 and step < args.total_steps:
-            stop_if_diverged(step, {})
-            row = evaluate_policy(actor, "leq", args.eval_episodes, step)
-            history["eval"].append(row)
-            append_eval_row(row)
-            last_score = row["mean"]
-            if tracker is not None:
-                tracker.log({"eval/score": last_score}, step=step)
-        if step % args.log_interval == 0 or step == args.total_steps:
-            now = time.perf_counter()
-            averages = {k: v.item() / count for k, v in sums.items()}  # with the guard, the only device reads
-            stop_if_diverged(step, averages)
-            steps_per_second = count / (now - last_time)
-            sums, count, last_time = None, 0, now
-            bar.write(
-                f"step {step:>8} | {steps_per_second:6.1f} steps/s | critic {averages['critic_loss']:.4f} "
-                f"actor {averages['actor_loss']:.4f} | Q data {averages['q_data']:.3f} model {averages['q_model']:.3f} "
-                f"V {averages['v_model']:.3f} | alive@H {averages['alive_at_h']:.2f} | eval {last_score:.1f}"
-            )
-            bar.set_postfix(critic=f"{averages['critic_loss']:.3g}", score=f"{last_score:.1f}")
-            if tracker is not None:
-                tracker.log({**{f"losses/{k}": v for k, v in averages.items()}, "charts/SPS": steps_per_second}, step=step)
-        if step % args.checkpoint_interval == 0 or step == args.total_steps:
-            stop_if_diverged(step, {})
-            save_leq_checkpoint(run_dir / "checkpoint.pt", step, run_name, data.fingerprint, args, modules, buffer, history)
-            last_good = (run_dir / "checkpoint.pt", step)
-    bar.close()
-
-    final = evaluate_policy(actor, "leq_final", args.final_eval_episodes, args.total_steps)
-    history["final"] = final
-    append_eval_row(final)
-    if history.get("bc_score") is None and args.pretrain:
-        history["bc_score"] = evaluate_policy(bc_actor, "bc", args.final_eval_episodes, args.total_steps)
-    if history.get("bc_score"):
-        append_eval_row(history["bc_score"])
-    print(f"final score over {args.final_eval_episodes} episodes: {final['mean']:.1f} +- {final['std']:.1f}"
-          + (f" (BC policy: {history['bc_score']['mean']:.1f})" if history.get("bc_score") else ""))
-    save_leq_checkpoint(run_dir / "checkpoint.pt", args.total_steps, run_name, data.fingerprint, args, modules, buffer,
-                        history)
-    if tracker is not None:
-        tracker.log({"eval/final_score": final["mean"]}, step=args.total_steps)
-        tracker.finish()
-    return history
 
 
 if __name__ == "__main__":

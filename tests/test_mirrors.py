@@ -17,12 +17,20 @@ from sync_mirrors import find_blocks  # noqa: E402
 SCRIPTS = sorted(p for p in ROOT.glob("*.py"))
 # Blocks each script must carry: a script silently dropping its copy would pass the identity check.
 EXPECTED_BLOCKS = {
-    "common": {"collect_dataset.py", "train_world_model.py", "fqe_pretrain.py", "leq_state.py", "leq_pixel.py"},
-    "returns": {"leq_state.py", "leq_pixel.py"},
-    "task": {"collect_dataset.py", "train_world_model.py", "fqe_pretrain.py", "leq_state.py"},
-    "world_model": {"train_world_model.py", "leq_state.py"},
+    "common": {"collect_dataset.py", "fqe_pretrain.py", "leq_pixel.py", "leq_state.py", "train_world_model.py"},
+    "d4rl_antmaze_maps": {"collect_dataset.py", "d4rl_antmaze.py", "fqe_pretrain.py", "leq_state.py", "train_world_model.py"},
+    "task": {"collect_dataset.py", "fqe_pretrain.py", "leq_state.py", "train_world_model.py"},
+    "training": {"fqe_pretrain.py", "leq_pixel.py", "leq_state.py", "train_world_model.py"},
+    "d4rl_antmaze": {"d4rl_antmaze.py", "fqe_pretrain.py", "leq_state.py"},
+    "envs": {"collect_dataset.py", "fqe_pretrain.py", "leq_state.py"},
     "agent": {"fqe_pretrain.py", "leq_state.py"},
-    "d4rl_antmaze": {"d4rl_antmaze.py", "collect_dataset.py", "train_world_model.py", "fqe_pretrain.py", "leq_state.py"},
+    "checkpoints": {"leq_pixel.py", "leq_state.py"},
+    "evaluate": {"fqe_pretrain.py", "leq_state.py"},
+    "generated_data": {"collect_dataset.py", "leq_state.py"},
+    "returns": {"leq_pixel.py", "leq_state.py"},
+    "world_model": {"leq_state.py", "train_world_model.py"},
+    "collect": {"collect_dataset.py"},
+    "world_model_sampling": {"leq_state.py"},
 }
 
 
