@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: train_world_model.py
+import leq_state  # noqa: E402
 import train_world_model as wm  # noqa: E402
 
 
@@ -216,13 +217,13 @@ def time_sampling(args, device):
         obs, act = torch.randn(batch, 11, device=device), torch.rand(batch, 3, device=device) * 2 - 1
         for with_grad in (False, True):
             figures = []
-            for routing in wm.ROUTINGS:
+            for routing in leq_state.ROUTINGS:
                 def call():
                     if not with_grad:
                         with torch.no_grad():
-                            return wm.sample_step(model, obs, act, routing)
+                            return leq_state.sample_step(model, obs, act, routing)
                     o, a = obs.clone().requires_grad_(), act.clone().requires_grad_()
-                    next_obs, reward = wm.sample_step(model, o, a, routing)
+                    next_obs, reward = leq_state.sample_step(model, o, a, routing)
                     (next_obs.sum() + reward.sum()).backward()
                     return o.grad
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import collect_dataset as cd
+import leq_state
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,7 +53,7 @@ def test_cli_hopper_random_terminals_agree_with_the_termination_fn(minari_root):
     assert (data.reward_scale, data.reward_shift) == (1.0, 0.0) and data.eval_gym_id == "Hopper-v4"
     assert data.terminals.sum() >= 10
     next_obs = torch.as_tensor(data.next_observations)
-    done = cd.make_termination_fn(task, data)(torch.as_tensor(data.observations), torch.as_tensor(data.actions),
+    done = leq_state.make_termination_fn(task, data)(torch.as_tensor(data.observations), torch.as_tensor(data.actions),
                                               next_obs)
     np.testing.assert_array_equal(done.numpy(), data.terminals.astype(bool))
 
@@ -96,10 +97,17 @@ def near_wall(task, xy, distance):
     return hits
 
 
-def test_load_dataset_generates_a_missing_default_dataset(minari_root, monkeypatch, capsys):
-    generate = cd.generate_dataset
-    monkeypatch.setattr(cd, "generate_dataset", lambda task: generate(task, steps=500))  # 1M by default
+def test_load_dataset_runs_collect_dataset_for_a_missing_default_dataset(minari_root, monkeypatch, capsys):
+    commands = []
+
+    def collect_in_process(command):  # what collect_dataset.py's main does, with 500 steps instead of 1M
+        commands.append(command)
+        cd.generate_dataset(cd.get_task(command[-1]), steps=500)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(cd.subprocess, "run", collect_in_process)
     data = cd.load_dataset(cd.get_task("pointmaze-ultra-diverse"))
+    assert commands == [[sys.executable, str(ROOT / "collect_dataset.py"), "pointmaze-ultra-diverse"]]
     assert len(data) == 500 and "generating it now" in capsys.readouterr().out
     assert (minari_root / "leq/pointmaze/ultra-diverse-v2/data").is_dir()
 

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+import collect_dataset
 import fqe_pretrain as F
+import leq_state
 
 
 def small_stats(obs_dim=3, act_dim=2):
@@ -232,7 +234,7 @@ def test_checkpoint_round_trip(tmp_path):
     args = F.Args(env_id="pointmaze-umaze-diverse", hidden_dim=32, num_layers=2)
     F.save_pretrain_checkpoint(path, actor, critic, ema, "abc123", args, metrics={"bc_loss": 0.5})
     assert not list(path.parent.glob(".*tmp*")), "atomic_save leaves no temporary file"
-    actor2, critic2, ema2, checkpoint = F.load_pretrain_checkpoint(path, "abc123", "cpu")
+    actor2, critic2, ema2, checkpoint = leq_state.load_pretrain_checkpoint(path, "abc123", "cpu")
     obs, act = torch.randn(10, 3) * 5, torch.rand(10, 2) * 2 - 1
     torch.testing.assert_close(actor2(obs), actor(obs), rtol=0, atol=0)
     torch.testing.assert_close(critic2(obs, act), critic(obs, act), rtol=0, atol=0)
@@ -250,12 +252,12 @@ def test_checkpoint_from_another_dataset_or_kind_is_refused(tmp_path):
     path = tmp_path / "pretrain.pt"
     F.save_pretrain_checkpoint(path, actor, critic, ema, "fingerprint-of-dataset-A", {"env_id": "x"})
     with pytest.raises(SystemExit, match="another dataset"):
-        F.load_pretrain_checkpoint(path, "fingerprint-of-dataset-B", "cpu")
+        leq_state.load_pretrain_checkpoint(path, "fingerprint-of-dataset-B", "cpu")
     F.atomic_save({"kind": "world_model", "fingerprint": "fingerprint-of-dataset-A"}, tmp_path / "wm.pt")
     with pytest.raises(SystemExit, match="not a pretrain checkpoint"):
-        F.load_pretrain_checkpoint(tmp_path / "wm.pt", "fingerprint-of-dataset-A", "cpu")
+        leq_state.load_pretrain_checkpoint(tmp_path / "wm.pt", "fingerprint-of-dataset-A", "cpu")
     with pytest.raises(SystemExit, match="does not exist"):
-        F.load_pretrain_checkpoint(tmp_path / "missing.pt", "fingerprint-of-dataset-A", "cpu")
+        leq_state.load_pretrain_checkpoint(tmp_path / "missing.pt", "fingerprint-of-dataset-A", "cpu")
 
 
 def test_default_checkpoint_path():
@@ -282,7 +284,7 @@ def tiny_pointmaze(tmp_path_factory):
     previous = os.environ.get("MINARI_DATASETS_PATH")
     os.environ["MINARI_DATASETS_PATH"] = str(root)
     try:
-        dataset_id = F.generate_dataset(F.get_task("pointmaze-umaze-diverse"), steps=3000, seed=0,
+        dataset_id = collect_dataset.generate_dataset(collect_dataset.get_task("pointmaze-umaze-diverse"), steps=3000, seed=0,
                                         dataset_id="test/pointmaze/umaze-tiny-v0")
         yield root, dataset_id
     finally:
@@ -305,13 +307,13 @@ def test_script_runs_end_to_end_and_leq_can_load_its_checkpoint(tiny_pointmaze, 
     assert "FQE estimate at the environment's start states" in result.stdout, result.stdout
     assert "BC policy score" in result.stdout
     data = F.load_dataset(F.get_task("pointmaze-umaze-diverse"), dataset_id)
-    actor, critic, ema, saved = F.load_pretrain_checkpoint(checkpoint, data.fingerprint, "cpu")
+    actor, critic, ema, saved = leq_state.load_pretrain_checkpoint(checkpoint, data.fingerprint, "cpu")
     assert saved["args"]["bc_steps"] == 30 and saved["network"] == {"act_dim": 2, "hidden_dim": 32, "num_layers": 2}
     for key in ("bc_loss", "fqe_loss", "td_loss", "ema_loss"):
         assert math.isfinite(saved["metrics"][key])
     torch.testing.assert_close(actor.normalizer.mean, torch.tensor(data.observations.mean(0)), rtol=1e-4, atol=1e-5)
     with pytest.raises(SystemExit, match="another dataset"):
-        F.load_pretrain_checkpoint(checkpoint, "the fingerprint of some other dataset", "cpu")
+        leq_state.load_pretrain_checkpoint(checkpoint, "the fingerprint of some other dataset", "cpu")
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 
+import collect_dataset
 import leq_state
 
 
@@ -18,7 +19,7 @@ def workdir(tmp_path_factory):
     old_cwd, old_minari = os.getcwd(), os.environ.get("MINARI_DATASETS_PATH")
     os.environ["MINARI_DATASETS_PATH"] = str(root / "minari")
     os.chdir(root)
-    leq_state.generate_dataset(leq_state.get_task("pointmaze-umaze-diverse"), steps=2000, seed=0)
+    collect_dataset.generate_dataset(collect_dataset.get_task("pointmaze-umaze-diverse"), steps=2000, seed=0)
     yield root
     os.chdir(old_cwd)
     if old_minari is None:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import collect_dataset as cd
+import leq_state
 
 # Paper Table 10 (tau per task), typed in again here from the paper so a slip in the registry is caught.
 PAPER_TABLE_10 = {
@@ -61,11 +62,11 @@ def test_reward_scale_matches_a_brute_force_trajectory_split():
 
 
 def test_normalized_scores():
-    assert cd.normalized_score(cd.get_task("hopper-medium"), 3234.3, False) == pytest.approx(100.0)
-    assert cd.normalized_score(cd.get_task("hopper-medium"), -20.272305, False) == pytest.approx(0.0)
-    assert cd.normalized_score(cd.get_task("HalfCheetah-v3-high"), (12284 - 298) / 2, False) == pytest.approx(50.0)
-    assert cd.normalized_score(cd.get_task("Walker2d-v3-low"), 5143.0, False) == pytest.approx(100.0)
-    assert cd.normalized_score(cd.get_task("antmaze-ultra-play"), 0.0, True) == 100.0
+    assert leq_state.normalized_score(cd.get_task("hopper-medium"), 3234.3, False) == pytest.approx(100.0)
+    assert leq_state.normalized_score(cd.get_task("hopper-medium"), -20.272305, False) == pytest.approx(0.0)
+    assert leq_state.normalized_score(cd.get_task("HalfCheetah-v3-high"), (12284 - 298) / 2, False) == pytest.approx(50.0)
+    assert leq_state.normalized_score(cd.get_task("Walker2d-v3-low"), 5143.0, False) == pytest.approx(100.0)
+    assert leq_state.normalized_score(cd.get_task("antmaze-ultra-play"), 0.0, True) == 100.0
 
 
 def data_for(task, maze_frame=None, source="generated", eval_gym_id=None, scale=1.0, shift=0.0):
@@ -89,7 +90,7 @@ def test_evaluate_pointmaze_batched_with_success_scores_and_discounted_returns(t
     task = cd.get_task("pointmaze-medium-diverse")
     data = data_for(task, "gymnasium_robotics", scale=1.0, shift=-1.0)
     gamma = 0.99
-    result = cd.evaluate(task, data, planner_policy(task), num_episodes=4, seed=0, gamma=gamma)
+    result = leq_state.evaluate(task, data, planner_policy(task), num_episodes=4, seed=0, gamma=gamma)
     assert set(result) == {"mean", "std", "scores", "returns", "discounted_returns"}
     np.testing.assert_array_equal(result["scores"], [100.0] * 4)
     np.testing.assert_array_equal(result["returns"], [1.0] * 4)  # sparse reward 1 at the success step, then the end
@@ -98,7 +99,7 @@ def test_evaluate_pointmaze_batched_with_success_scores_and_discounted_returns(t
     lengths = np.log1p(result["discounted_returns"] * (1 - gamma)) / np.log(gamma) + 1
     np.testing.assert_allclose(lengths, np.round(lengths), atol=1e-6)
     assert (lengths > 10).all() and (lengths < task.max_episode_steps).all()
-    failing = cd.evaluate(task, data, lambda obs: np.zeros((len(obs), 2)), num_episodes=2, seed=0)
+    failing = leq_state.evaluate(task, data, lambda obs: np.zeros((len(obs), 2)), num_episodes=2, seed=0)
     assert failing["mean"] == 0.0
 
 
@@ -110,7 +111,7 @@ def test_evaluate_locomotion_matches_a_plain_gymnasium_loop():
     def policy(obs):
         calls.append(obs.shape)
         return np.tile([0.3, -0.2, 0.1], (len(obs), 1))
-    result = cd.evaluate(task, data, policy, num_episodes=3, seed=7)
+    result = leq_state.evaluate(task, data, policy, num_episodes=3, seed=7)
     assert all(shape == (3, 11) for shape in calls)  # one batched call per step for all episodes
     for episode in range(3):
         env = gym.make("Hopper-v4")
@@ -126,7 +127,7 @@ def test_evaluate_locomotion_matches_a_plain_gymnasium_loop():
 def test_evaluate_neorl_uses_observations_with_x():
     task = cd.get_task("Walker2d-v3-medium")
     shapes = []
-    result = cd.evaluate(task, data_for(task, eval_gym_id=None), lambda obs: shapes.append(obs.shape) or
+    result = leq_state.evaluate(task, data_for(task, eval_gym_id=None), lambda obs: shapes.append(obs.shape) or
                          np.zeros((len(obs), 6)), num_episodes=2, seed=0)
     assert shapes[0] == (2, 18) and len(result["scores"]) == 2
 
@@ -135,14 +136,14 @@ def test_evaluate_antmaze_runs_the_full_episode_without_success():
     task = cd.get_task("antmaze-umaze-diverse")
     data = data_for(task, "gymnasium_robotics", source="minari:D4RL/antmaze/umaze-diverse-v1")
     steps = []
-    result = cd.evaluate(task, data, lambda obs: steps.append(obs.shape) or np.zeros((len(obs), 8)), 1, seed=0)
+    result = leq_state.evaluate(task, data, lambda obs: steps.append(obs.shape) or np.zeros((len(obs), 8)), 1, seed=0)
     assert len(steps) == 700 and steps[0] == (1, 29) and result["mean"] == 0.0
 
 
 def test_evaluate_writes_a_video(tmp_path):
     task = cd.get_task("pointmaze-umaze-play")
     path = tmp_path / "episode.gif"
-    cd.evaluate(task, data_for(task, "gymnasium_robotics"), planner_policy(task), 2, seed=0, video_path=str(path))
+    leq_state.evaluate(task, data_for(task, "gymnasium_robotics"), planner_policy(task), 2, seed=0, video_path=str(path))
     import imageio
 
     frames = imageio.mimread(path)

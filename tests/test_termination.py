@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import collect_dataset as cd
+import leq_state
 
 
 def fake_data(maze_frame=None, source="generated"):
@@ -44,7 +45,7 @@ def test_locomotion_termination_matches_env(env_id):
         assert terminal_count == 0
     else:  # random actions topple hopper and walker quickly: both outcomes are well represented
         assert terminal_count >= 20
-    agree(cd.make_termination_fn(task, fake_data()), rows["obs"], rows["act"], rows["next"], rows["done"])
+    agree(leq_state.make_termination_fn(task, fake_data()), rows["obs"], rows["act"], rows["next"], rows["done"])
 
 
 def run_into_goal(env, to_obs, start, steer, episodes, max_steps):
@@ -85,7 +86,7 @@ def test_pointmaze_termination_matches_env():
     rows = run_into_goal(env, lambda raw: raw["observation"], start, steer, episodes=10, max_steps=200)
     assert sum(rows["done"]) == 10, "every episode should end by entering the goal region"
     assert len(rows["done"]) > 50
-    fn = cd.make_termination_fn(task, fake_data("gymnasium_robotics"), goal_radius=0.45)  # the env's own radius
+    fn = leq_state.make_termination_fn(task, fake_data("gymnasium_robotics"), goal_radius=0.45)  # the env's own radius
     agree(fn, rows["obs"], rows["act"], rows["next"], rows["done"])
 
 
@@ -112,12 +113,12 @@ def random_ant_action(raw, rng):
 def test_antmaze_termination_matches_env_gymnasium_frame():
     task = cd.get_task("antmaze-medium-diverse")
     data = fake_data("gymnasium_robotics", source="minari:D4RL/antmaze/medium-diverse-v1")
-    eval_env = cd.make_eval_env(task, data)
+    eval_env = leq_state.make_eval_env(task, data)
     centre = cd.maze_goal_centre(task, "gymnasium_robotics", "D4RL/antmaze/medium-diverse-v1")
     np.testing.assert_allclose(centre, [10.0, -10.0])  # leq-spec §6, gymnasium-robotics frame
     rows = run_into_goal(eval_env.env, eval_env.to_obs, ant_start_near(centre), random_ant_action, 6, 40)
     assert sum(rows["done"]) >= 4 and len(rows["done"]) > sum(rows["done"])
-    agree(cd.make_termination_fn(task, data, goal_radius=0.45), rows["obs"], rows["act"], rows["next"], rows["done"])
+    agree(leq_state.make_termination_fn(task, data, goal_radius=0.45), rows["obs"], rows["act"], rows["next"], rows["done"])
 
 
 @pytest.mark.parametrize("maze", ["umaze", "ultra"])
@@ -126,8 +127,8 @@ def test_antmaze_termination_matches_env_d4rl_frame(maze):
     frame, and with the goal at D4RL's mean goal its own success rule (radius 0.5) is the termination fn's."""
     task = cd.get_task(f"antmaze-{maze}-diverse")
     data = fake_data("d4rl", source="hdf5:file.hdf5")
-    eval_env = cd.make_eval_env(task, data)
-    assert isinstance(eval_env.env.unwrapped, cd.D4RLAntMazeEnv)
+    eval_env = leq_state.make_eval_env(task, data)
+    assert isinstance(eval_env.env.unwrapped, leq_state.D4RLAntMazeEnv)
     centre = np.array(cd.D4RL_ANTMAZE_GOAL_CENTRES[maze])
 
     def start(env, episode, rng):  # 0.7-0.9 m from the goal, moving toward it at 2 m/s
@@ -145,12 +146,12 @@ def test_antmaze_termination_matches_env_d4rl_frame(maze):
     assert sum(rows["done"]) >= 3 and len(rows["done"]) > sum(rows["done"])
     entered = np.asarray(rows["next"])[np.asarray(rows["done"])]
     assert (np.linalg.norm(entered[:, :2] - centre, axis=-1) <= 0.5).all()  # the obs really are in D4RL's frame
-    agree(cd.make_termination_fn(task, data), rows["obs"], rows["act"], rows["next"], rows["done"])
+    agree(leq_state.make_termination_fn(task, data), rows["obs"], rows["act"], rows["next"], rows["done"])
 
 
 def test_termination_fn_compiles_and_uses_the_default_radius():
     task = cd.get_task("antmaze-umaze")
-    fn = cd.make_termination_fn(task, fake_data("d4rl"))
+    fn = leq_state.make_termination_fn(task, fake_data("d4rl"))
     next_obs = torch.zeros(3, 29)
     next_obs[:, :2] = torch.tensor([[0.75, 8.75], [0.75 + 0.49, 8.75], [0.75, 8.75 + 0.51]])
     expected = torch.tensor([True, True, False])  # radius 0.5 by default (leq-spec §6)

@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import collect_dataset
+import leq_state
 import train_world_model as wm
 
 
@@ -239,23 +241,23 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
     assert path.as_posix() == "checkpoints/world_model/pointmaze-umaze-diverse__seed1__abcdef0123.pt"
     path = tmp_path / path
     wm.save_world_model(path, model, "abcdef0123456789", holdout_losses=[0.1] * 4)
-    loaded, checkpoint = wm.load_world_model(path, "abcdef0123456789", "cpu")
+    loaded, checkpoint = leq_state.load_world_model(path, "abcdef0123456789", "cpu")
     assert checkpoint["kind"] == "world_model" and checkpoint["holdout_losses"] == [0.1] * 4
     obs, act, noise = torch.randn(12, 3), torch.randn(12, 2), torch.randn(12, 4)
-    for routing in wm.ROUTINGS:
-        route = wm.draw_route(model, 12, routing)
-        for got, expected in zip(wm.transition(loaded, obs, act, route, noise, routing),
-                                 wm.transition(model, obs, act, route, noise, routing)):
+    for routing in leq_state.ROUTINGS:
+        route = leq_state.draw_route(model, 12, routing)
+        for got, expected in zip(leq_state.transition(loaded, obs, act, route, noise, routing),
+                                 leq_state.transition(model, obs, act, route, noise, routing)):
             assert torch.equal(got, expected)
     with pytest.raises(SystemExit, match="another dataset"):
-        wm.load_world_model(path, "fedcba9876543210", "cpu")
+        leq_state.load_world_model(path, "fedcba9876543210", "cpu")
 
 
 @pytest.mark.parametrize("batch", [12, 10, 7])
 def test_balanced_routing_shares_and_uniformity(batch):
     model = small_model()  # 3 elites
     torch.manual_seed(0)
-    draws = torch.stack([wm.draw_route(model, batch, "balanced") for _ in range(3000)])
+    draws = torch.stack([leq_state.draw_route(model, batch, "balanced") for _ in range(3000)])
     counts = F.one_hot(draws, 3).sum(dim=1)  # [draws, elites]
     assert counts.max() - counts.min() <= (0 if batch % 3 == 0 else 1)
     frequency = F.one_hot(draws, 3).float().mean(dim=0)  # per sample and elite, should be 1/3
@@ -265,7 +267,7 @@ def test_balanced_routing_shares_and_uniformity(batch):
 def test_exact_routing_is_uniform_per_sample():
     model = small_model()
     torch.manual_seed(0)
-    draws = torch.stack([wm.draw_route(model, 8, "exact") for _ in range(3000)])
+    draws = torch.stack([leq_state.draw_route(model, 8, "exact") for _ in range(3000)])
     frequency = F.one_hot(draws, 3).float().mean(dim=0)
     assert torch.all((frequency - 1 / 3).abs() < 0.04)
 
@@ -276,13 +278,13 @@ def test_balanced_and_exact_transitions_agree_on_the_same_draws(batch):
     and equals the routed member's brute-force forward."""
     model = small_model()
     model.elites.copy_(torch.tensor([3, 0, 2]))
-    route = wm.draw_route(model, batch, "balanced")
+    route = leq_state.draw_route(model, batch, "balanced")
     noise = torch.randn(batch, 4)
     results = {}
-    for routing in wm.ROUTINGS:
+    for routing in leq_state.ROUTINGS:
         obs, act = torch.randn(batch, 3, generator=torch.Generator().manual_seed(1)).requires_grad_(), \
             torch.randn(batch, 2, generator=torch.Generator().manual_seed(2)).requires_grad_()
-        next_obs, reward = wm.transition(model, obs, act, route, noise, routing)
+        next_obs, reward = leq_state.transition(model, obs, act, route, noise, routing)
         (next_obs.square().sum() + reward.sum()).backward()
         results[routing] = (next_obs, reward, obs.grad, act.grad)
     for exact, balanced in zip(results["exact"], results["balanced"]):
@@ -300,10 +302,10 @@ def test_balanced_and_exact_transitions_agree_on_the_same_draws(batch):
 
 def test_sample_step_shapes_and_unknown_routing():
     model = small_model()
-    next_obs, reward = wm.sample_step(model, torch.randn(6, 3), torch.randn(6, 2), "balanced")
+    next_obs, reward = leq_state.sample_step(model, torch.randn(6, 3), torch.randn(6, 2), "balanced")
     assert next_obs.shape == (6, 3) and reward.shape == (6,)
     with pytest.raises(ValueError, match="routing"):
-        wm.draw_route(model, 6, "random")
+        leq_state.draw_route(model, 6, "random")
 
 
 def test_bad_data_gets_a_clear_error():
@@ -329,7 +331,7 @@ def pointmaze_data(tmp_path_factory):
     patch = pytest.MonkeyPatch()
     patch.setenv("MINARI_DATASETS_PATH", str(root))
     task = wm.get_task("pointmaze-umaze-diverse")
-    wm.generate_dataset(task, steps=3000, seed=0)
+    collect_dataset.generate_dataset(task, steps=3000, seed=0)
     yield task, wm.load_dataset(task)
     patch.undo()
 
@@ -344,16 +346,16 @@ def test_script_trains_saves_and_reloads(pointmaze_data, tmp_path, monkeypatch, 
     assert path == wm.world_model_path(task.env_id, 1, data.fingerprint)
     out = capsys.readouterr().out
     assert "epoch 3: train loss" in out and "holdout MSE per elite" in out and "ETA" in out
-    model, checkpoint = wm.load_world_model(path, data.fingerprint, "cpu")
+    model, checkpoint = leq_state.load_world_model(path, data.fingerprint, "cpu")
     assert checkpoint["epochs"] == 3 and checkpoint["env_id"] == task.env_id
     assert sorted(checkpoint["elites"]) == sorted(model.elites.tolist()) and len(checkpoint["holdout_losses"]) == 7
     assert checkpoint["args"]["hidden_dims"] == (16, 16) and "torch" in checkpoint["versions"]
     with torch.no_grad():
         obs = torch.as_tensor(data.observations[:64])
-        next_obs, reward = wm.sample_step(model, obs, torch.as_tensor(data.actions[:64]), "balanced")
+        next_obs, reward = leq_state.sample_step(model, obs, torch.as_tensor(data.actions[:64]), "balanced")
     assert torch.isfinite(next_obs).all() and torch.isfinite(reward).all()
     with pytest.raises(SystemExit, match="another dataset"):
-        wm.load_world_model(path, "0" * 40, "cpu")
+        leq_state.load_world_model(path, "0" * 40, "cpu")
 
 
 def test_compiled_training_gives_the_eager_numbers():
