@@ -422,6 +422,7 @@ generated automatically for the datasets this project makes), a Minari id (e.g. 
 .npz file. The reward LEQ and FQE train on is `rewards * reward_scale + reward_shift` (leq-spec §1); `rewards` stay raw for the world model.
 """
 import hashlib
+import subprocess
 import warnings
 
 # 1 = wall, 0 = free: D4RL's layouts (the d4rl_antmaze block) without the start and goal letters; rows in D4RL's
@@ -542,9 +543,7 @@ def load_dataset(task: Task, dataset_path: str | None = None, download: bool = F
     """The task's offline data as flat float32 arrays; see the block docstring for the accepted sources."""
     kind, location = locate_dataset(task, dataset_path)
     if kind == "generate":
-        print(f"{location} is not in {minari_root()}: generating it now (once; "
-              f"`python collect_dataset.py {task.env_id}` does the same).")
-        generate_dataset(task)
+        run_collect_dataset(task)
     if kind == "hdf5":
         return load_d4rl_hdf5(task, Path(location))
     if kind == "npz":
@@ -572,6 +571,18 @@ def locate_dataset(task: Task, dataset_path: str | None = None) -> tuple[str, st
         return "minari", dataset_path
     raise SystemExit(f"--dataset-path {dataset_path} does not exist. {_how_to_get_data(task)}")
 
+
+
+def run_collect_dataset(task: Task) -> None:
+    """Make a missing generated default dataset with collect_dataset.py from this script's folder (same Python)."""
+    command = f"python collect_dataset.py {task.env_id}"
+    collector = Path(__file__).resolve().with_name("collect_dataset.py")
+    if not collector.is_file():
+        raise SystemExit(f"{task.default_dataset} is not in {minari_root()}: make it with `{command}` (the "
+                         f"collect_dataset.py that comes with this script), or pass --dataset-path.")
+    print(f"{task.default_dataset} is not in {minari_root()}: generating it now (once) with `{command}`.")
+    if subprocess.run([sys.executable, str(collector), task.env_id]).returncode != 0:
+        raise SystemExit(f"`{command}` failed (its error is above); fix that and run it again.")
 
 def default_data_file(task: Task) -> Path:
     """The task's file in the default folders, read when no path is given (see load_dataset): D4RL's own download
