@@ -7,9 +7,10 @@ Minari datasets under $MINARI_DATASETS_PATH (minari's default ~/.minari/datasets
     python collect_dataset.py hopper-random --steps 100000       # uniform random actions, Hopper-v4
     python collect_dataset.py antmaze-umaze --steps 2000         # random-action AntMaze data, for tests only
 
-The other scripts (train_world_model.py, fqe_pretrain.py, leq_state.py) call the same code through the mirrored
-`task` block and generate a missing default dataset themselves; this script exists to do it ahead of time, with
+The other scripts (train_world_model.py, fqe_pretrain.py, leq_state.py) run this script (default size and seed)
+when their default dataset is missing and it sits beside them; run it yourself to do that ahead of time, or with
 another size, seed or location. After writing, it loads the dataset back and prints what the loaders see.
+The collection code (planner, collectors, Minari writer) is in the `collect` block, which no other script carries.
 """
 
 import contextlib

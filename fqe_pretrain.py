@@ -12,6 +12,11 @@ states next to the policy's actual discounted return in the environment.
 
     python fqe_pretrain.py --env-id pointmaze-umaze-diverse
     python fqe_pretrain.py --env-id antmaze-umaze-diverse --dataset-path /path/to/dataset
+
+Data flow: offline dataset (load_dataset) -> BC of the actor -> FQE of the critic (the agent block's losses and
+updates) -> checkpoint -> sanity check: FQE's value estimate against returns in the real environment.
+Layout: Args, then the argument checks and the sanity check, then main; below the banner, the support code shared with the other
+scripts (mirrored blocks: one copy per script, kept identical by tools/sync_mirrors.py).
 """
 
 import contextlib

@@ -16,6 +16,10 @@ The whole pipeline, top to bottom:
     python leq_pixel.py --collect --env-id walker_walk-random --dataset-path data/walker_random --collect-episodes 10
     python leq_pixel.py --env-id walker_walk-random --dataset-path data/walker_random --size 3m
     python leq_pixel.py --env-id walker_walk-medium_expert --dataset-path vd4rl_data/main/walker_walk/medium_expert/84px
+
+Layout: Args, then tasks, data, environments, networks, losses, optimiser, evaluation and the
+training loop, then main; below the banner, the support code shared with the other
+scripts (mirrored blocks: one copy per script, kept identical by tools/sync_mirrors.py).
 """
 
 import contextlib

@@ -8,6 +8,10 @@ paper's Table 9, and tau per env id from Table 10.
     python leq_state.py                                     # generated pointmaze data, no network needed
     python leq_state.py --env-id antmaze-ultra-diverse --tau 0.1
     python leq_state.py --resume runs/<run_name>            # continue an interrupted run
+
+Layout: Args, then LEQ itself (return targets, imagined rollouts, critic loss, one-sweep actor gradient,
+the update, the loop's pieces), then main; below the banner, the support code shared with the other
+scripts (mirrored blocks: one copy per script, kept identical by tools/sync_mirrors.py).
 """
 
 import contextlib

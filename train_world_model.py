@@ -10,6 +10,11 @@ every member restored to its best snapshot, elites = the 5 best. All members run
 layer; data, bootstrap and shuffles stay on the device; --compile / --cudagraphs compile the training step.
 The checkpoint (checkpoints/world_model/{env_id}__seed{seed}__{fingerprint[:10]}.pt by default) is what
 leq_state.py loads.
+
+Data flow: offline dataset (load_dataset; a missing generated default is made by collect_dataset.py) ->
+train/holdout split and scaling -> train_dynamics (the world_model block) -> checkpoint [-> --export-offlinerlkit].
+Layout: Args, then the training run and the OfflineRL-Kit export, then main; below the banner, the support code shared with the other
+scripts (mirrored blocks: one copy per script, kept identical by tools/sync_mirrors.py).
 """
 
 import contextlib
