@@ -161,7 +161,8 @@ D4RL_ANTMAZE_GOAL_CENTRES = {
 
 
 # ==== mirror: task (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py) ====
-"""Everything about a state-based task: registry, datasets, termination functions, evaluation.
+"""Everything about a state-based task: registry, datasets, maze geometry. Built on it: the envs and evaluate
+blocks, the collect block (collect_dataset.py) and make_termination_fn (leq_state.py).
 
     task = get_task("pointmaze-umaze-diverse")        # Task: family, obs/act dims, tau (paper Table 10), ...
     data = load_dataset(task, dataset_path=None, download=False)   # OfflineData (flat float32 arrays)
@@ -169,10 +170,11 @@ D4RL_ANTMAZE_GOAL_CENTRES = {
     result = evaluate(task, data, policy, num_episodes=10, seed=0) # mean/std/scores/returns (x100 scores)
 
 Dataset sources (`dataset_path`): None = the task's default (default_data_file() for D4RL locomotion, TAP ultra
-and NeoRL, and for AntMaze and *-random when D4RL's file is there: the paper's data; else a Minari dataset,
-generated automatically for the datasets this project makes), a Minari id (e.g. "D4RL/antmaze/umaze-v1",
-"mujoco/hopper/medium-v0"), a D4RL-format .hdf5 file (D4RL locomotion/antmaze, TAP antmaze-ultra) or a NeoRL
-.npz file. The reward LEQ and FQE train on is `rewards * reward_scale + reward_shift` (leq-spec §1); `rewards` stay raw for the world model.
+and NeoRL, and for AntMaze and *-random when D4RL's file is there: the paper's data; else a Minari dataset, made by
+running collect_dataset.py for the datasets this project makes), a Minari id (e.g. "D4RL/antmaze/umaze-v1",
+"mujoco/hopper/medium-v0"), a D4RL-format .hdf5 file (D4RL locomotion/antmaze, TAP antmaze-ultra) or a NeoRL .npz
+file. The reward LEQ and FQE train on is `rewards * reward_scale + reward_shift` (leq-spec §1); `rewards` stay raw
+for the world model.
 """
 import hashlib
 import subprocess

@@ -204,10 +204,10 @@ from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 #       Reward 1.0 and terminated=True when the torso xy is within 0.5 of the episode's goal, else 0.0;
 #       truncated after 700 (umaze), 1000 (medium, large) or 2000 (ultra) steps. info: success, goal.
 #   d4rl_antmaze_name(env_id) -> maze name;  d4rl_antmaze_cell_xy(maze, row, col) -> cell centre (x, y)
-#   sample_d4rl_antmaze_goal(maze, variant, rng) -> goal xy;  d4rl_antmaze_goal_box(maze, variant) -> (low, high)
+#   sample_d4rl_antmaze_goal(maze, variant, rng) -> goal xy  (d4rl_antmaze_goal_box: in d4rl_antmaze.py only)
 #   d4rl_antmaze_xml(maze) -> the MJCF text of the ant in the maze
-#   Constants: D4RL_ANTMAZE_MAPS, D4RL_ANTMAZE_GOAL_CENTRES (leq-spec section 6 termination centres, D4RL
-#   frame), D4RL_ANTMAZE_MAX_EPISODE_STEPS, D4RL_ANTMAZE_DEFAULT_GOAL_VARIANT, D4RL_ANT_XML_CHANGES, ...
+#   Constants: D4RL_ANTMAZE_MAPS, D4RL_ANTMAZE_GOAL_CENTRES (the d4rl_antmaze_maps block; leq-spec section 6
+#   termination centres, D4RL frame), D4RL_ANTMAZE_MAX_EPISODE_STEPS, D4RL_ANTMAZE_DEFAULT_GOAL_VARIANT, D4RL_ANT_XML_CHANGES, ...
 # The D4RL frame puts (0, 0) at the centre of the start cell "r", x grows with the column and y with the
 # row: cell (row, col) has its centre at (col * 4 - col_r * 4, row * 4 - row_r * 4).
 # Sources: D4RL d4rl/locomotion/{ant.py, maze_env.py, goal_reaching_env.py, wrappers.py, __init__.py,

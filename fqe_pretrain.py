@@ -443,10 +443,10 @@ from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 #       Reward 1.0 and terminated=True when the torso xy is within 0.5 of the episode's goal, else 0.0;
 #       truncated after 700 (umaze), 1000 (medium, large) or 2000 (ultra) steps. info: success, goal.
 #   d4rl_antmaze_name(env_id) -> maze name;  d4rl_antmaze_cell_xy(maze, row, col) -> cell centre (x, y)
-#   sample_d4rl_antmaze_goal(maze, variant, rng) -> goal xy;  d4rl_antmaze_goal_box(maze, variant) -> (low, high)
+#   sample_d4rl_antmaze_goal(maze, variant, rng) -> goal xy  (d4rl_antmaze_goal_box: in d4rl_antmaze.py only)
 #   d4rl_antmaze_xml(maze) -> the MJCF text of the ant in the maze
-#   Constants: D4RL_ANTMAZE_MAPS, D4RL_ANTMAZE_GOAL_CENTRES (leq-spec section 6 termination centres, D4RL
-#   frame), D4RL_ANTMAZE_MAX_EPISODE_STEPS, D4RL_ANTMAZE_DEFAULT_GOAL_VARIANT, D4RL_ANT_XML_CHANGES, ...
+#   Constants: D4RL_ANTMAZE_MAPS, D4RL_ANTMAZE_GOAL_CENTRES (the d4rl_antmaze_maps block; leq-spec section 6
+#   termination centres, D4RL frame), D4RL_ANTMAZE_MAX_EPISODE_STEPS, D4RL_ANTMAZE_DEFAULT_GOAL_VARIANT, D4RL_ANT_XML_CHANGES, ...
 # The D4RL frame puts (0, 0) at the centre of the start cell "r", x grows with the column and y with the
 # row: cell (row, col) has its centre at (col * 4 - col_r * 4, row * 4 - row_r * 4).
 # Sources: D4RL d4rl/locomotion/{ant.py, maze_env.py, goal_reaching_env.py, wrappers.py, __init__.py,
@@ -657,7 +657,8 @@ def make_d4rl_antmaze_env(maze: str, seed: int | None = None, eval_goal_variant:
 
 
 # ==== mirror: task (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py) ====
-"""Everything about a state-based task: registry, datasets, termination functions, evaluation.
+"""Everything about a state-based task: registry, datasets, maze geometry. Built on it: the envs and evaluate
+blocks, the collect block (collect_dataset.py) and make_termination_fn (leq_state.py).
 
     task = get_task("pointmaze-umaze-diverse")        # Task: family, obs/act dims, tau (paper Table 10), ...
     data = load_dataset(task, dataset_path=None, download=False)   # OfflineData (flat float32 arrays)
@@ -665,10 +666,11 @@ def make_d4rl_antmaze_env(maze: str, seed: int | None = None, eval_goal_variant:
     result = evaluate(task, data, policy, num_episodes=10, seed=0) # mean/std/scores/returns (x100 scores)
 
 Dataset sources (`dataset_path`): None = the task's default (default_data_file() for D4RL locomotion, TAP ultra
-and NeoRL, and for AntMaze and *-random when D4RL's file is there: the paper's data; else a Minari dataset,
-generated automatically for the datasets this project makes), a Minari id (e.g. "D4RL/antmaze/umaze-v1",
-"mujoco/hopper/medium-v0"), a D4RL-format .hdf5 file (D4RL locomotion/antmaze, TAP antmaze-ultra) or a NeoRL
-.npz file. The reward LEQ and FQE train on is `rewards * reward_scale + reward_shift` (leq-spec §1); `rewards` stay raw for the world model.
+and NeoRL, and for AntMaze and *-random when D4RL's file is there: the paper's data; else a Minari dataset, made by
+running collect_dataset.py for the datasets this project makes), a Minari id (e.g. "D4RL/antmaze/umaze-v1",
+"mujoco/hopper/medium-v0"), a D4RL-format .hdf5 file (D4RL locomotion/antmaze, TAP antmaze-ultra) or a NeoRL .npz
+file. The reward LEQ and FQE train on is `rewards * reward_scale + reward_shift` (leq-spec §1); `rewards` stay raw
+for the world model.
 """
 import hashlib
 import subprocess
@@ -1344,13 +1346,13 @@ def make_locomotion_env(task: Task, gym_id: str, **kwargs):
   run_updates(update, steps, desc, log_interval, use_cudagraphs=False, log_fn=None) -> dict of
       floats: runs the (compiled) update with a tqdm progress bar (losses, ETA); metrics are averaged over each
       log interval and read back only at log time.
-  policy_value(critic, actor, obs) -> Q(obs, actor(obs)), no grad.
+  policy_value(critic, actor, obs) -> Q(obs, actor(obs)), no grad (in fqe_pretrain.py only).
   pretrain_checkpoint_path(env_id, seed, fingerprint) -> checkpoints/pretrain/{env_id}__seed{seed}__{fp[:10]}.pt
   save_pretrain_checkpoint(path, actor, critic, ema_critic, fingerprint, args, metrics=None): kind "pretrain";
       actor and critic must share hidden_dim and num_layers; ema_critic is FQE's own EMA copy (LEQ restarts its EMA
       from the FQE critic, leq-spec §4).
-  load_pretrain_checkpoint(path, fingerprint, device) -> (actor, critic, ema_critic, checkpoint dict); refuses a
-      missing file, another kind, or a checkpoint trained on another dataset (load_checkpoint of the common block).
+  load_pretrain_checkpoint(path, fingerprint, device) -> (actor, critic, ema_critic, checkpoint dict) (in leq_state.py
+      only); refuses a missing file, another kind, or a checkpoint trained on another dataset (checkpoints block).
 """
 import copy
 import math

@@ -413,7 +413,8 @@ D4RL_ANTMAZE_GOAL_CENTRES = {
 
 
 # ==== mirror: task (identical in collect_dataset.py, train_world_model.py, fqe_pretrain.py, leq_state.py) ====
-"""Everything about a state-based task: registry, datasets, termination functions, evaluation.
+"""Everything about a state-based task: registry, datasets, maze geometry. Built on it: the envs and evaluate
+blocks, the collect block (collect_dataset.py) and make_termination_fn (leq_state.py).
 
     task = get_task("pointmaze-umaze-diverse")        # Task: family, obs/act dims, tau (paper Table 10), ...
     data = load_dataset(task, dataset_path=None, download=False)   # OfflineData (flat float32 arrays)
@@ -421,10 +422,11 @@ D4RL_ANTMAZE_GOAL_CENTRES = {
     result = evaluate(task, data, policy, num_episodes=10, seed=0) # mean/std/scores/returns (x100 scores)
 
 Dataset sources (`dataset_path`): None = the task's default (default_data_file() for D4RL locomotion, TAP ultra
-and NeoRL, and for AntMaze and *-random when D4RL's file is there: the paper's data; else a Minari dataset,
-generated automatically for the datasets this project makes), a Minari id (e.g. "D4RL/antmaze/umaze-v1",
-"mujoco/hopper/medium-v0"), a D4RL-format .hdf5 file (D4RL locomotion/antmaze, TAP antmaze-ultra) or a NeoRL
-.npz file. The reward LEQ and FQE train on is `rewards * reward_scale + reward_shift` (leq-spec §1); `rewards` stay raw for the world model.
+and NeoRL, and for AntMaze and *-random when D4RL's file is there: the paper's data; else a Minari dataset, made by
+running collect_dataset.py for the datasets this project makes), a Minari id (e.g. "D4RL/antmaze/umaze-v1",
+"mujoco/hopper/medium-v0"), a D4RL-format .hdf5 file (D4RL locomotion/antmaze, TAP antmaze-ultra) or a NeoRL .npz
+file. The reward LEQ and FQE train on is `rewards * reward_scale + reward_shift` (leq-spec §1); `rewards` stay raw
+for the world model.
 """
 import hashlib
 import subprocess
@@ -915,6 +917,7 @@ Public API (stable; leq_state.py builds on it):
       [N]. Returns {"holdout_losses": [E] best holdout MSE per member, "elites", "epochs", "history"}.
       Its parts (used by benchmarks/bench_world_model.py): split_and_scale, make_train_step, epoch_minibatches,
       run_epoch, ensemble_loss, holdout_mse, early_stopping_update, update_snapshots.
+  Sampling, in the world_model_sampling block (leq_state.py only):
   draw_route(model, batch_size, routing) -> long [B]: the elite slot (0..num_elites-1) of each sample.
       "exact": iid uniform per sample (OfflineRL-Kit); "balanced": a random permutation split evenly.
   transition(model, obs, act, route, noise, routing) -> (next_obs [B, obs_dim], reward [B] RAW)
@@ -924,8 +927,8 @@ Public API (stable; leq_state.py builds on it):
       gradients too unless frozen: call model.requires_grad_(False) for rollouts.
   sample_step(model, obs, act, routing="exact") -> (next_obs, reward): draws route and noise, then transition.
   world_model_path(env_id, seed, fingerprint) -> Path of the default checkpoint.
-  save_world_model(path, model, fingerprint, **extra) / load_world_model(path, fingerprint, device)
-      -> (model, checkpoint dict); a checkpoint of another dataset is refused.
+  save_world_model(path, model, fingerprint, **extra);  load_world_model(path, fingerprint, device) (in
+      world_model_sampling) -> (model, checkpoint dict); a checkpoint of another dataset is refused.
 """
 import time
 from pathlib import Path
