@@ -649,6 +649,14 @@ def _in_goal_region(next_obs: np.ndarray, centre: np.ndarray, radius: float) -> 
 # ==== end mirror: task ====
 
 
+# ==== mirror: generated_data (identical in collect_dataset.py, leq_state.py) ====
+# The size of a generated default dataset: collect_dataset.py makes it, leq_state.py's plan prices it.
+
+
+GENERATED_STEPS = 1_000_000  # transitions of a generated default dataset
+# ==== end mirror: generated_data ====
+
+
 # ==== mirror: collect (identical in collect_dataset.py) ====
 # Data collection (collect_dataset.py only): the pointmaze planner, random-action collectors, Minari writer.
 from collections import deque
@@ -967,14 +975,6 @@ def make_locomotion_env(task: Task, gym_id: str, **kwargs):
         warnings.filterwarnings("ignore", message=".*is out of date", category=DeprecationWarning)
         return gym.make(gym_id, max_episode_steps=task.max_episode_steps, **kwargs)
 # ==== end mirror: envs ====
-
-
-# ==== mirror: generated_data (identical in collect_dataset.py, leq_state.py) ====
-# The size of a generated default dataset: collect_dataset.py makes it, leq_state.py's plan prices it.
-
-
-GENERATED_STEPS = 1_000_000  # transitions of a generated default dataset
-# ==== end mirror: generated_data ====
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import pytest
 import torch
 import tyro
 
+import collect_dataset
 import leq_state
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +36,7 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")
     monkeypatch.chdir(tmp_path)
-    leq_state.generate_dataset(leq_state.get_task(ENV_ID), steps=2000, seed=0)
+    collect_dataset.generate_dataset(collect_dataset.get_task(ENV_ID), steps=2000, seed=0)
     return tmp_path
 
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import leq_state
+import collect_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -23,7 +23,7 @@ TINY_FLAGS = [  # the sizes of tests/test_leq_pipeline.py's tiny runs
 def test_two_tiny_runs_through_the_launcher_then_aggregated(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    leq_state.generate_dataset(leq_state.get_task("pointmaze-umaze-diverse"), steps=2000, seed=0)
+    collect_dataset.generate_dataset(collect_dataset.get_task("pointmaze-umaze-diverse"), steps=2000, seed=0)
     command = "".join(f"\n  - '{item}'" for item in ["${interpreter}", "${program}", *TINY_FLAGS, "${args}"])
     (tmp_path / "tiny.yaml").write_text(
         f"program: {ROOT / 'leq_state.py'}\nmethod: grid\ncommand:{command}\nparameters:\n"
