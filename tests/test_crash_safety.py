@@ -21,7 +21,8 @@ import leq_state
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_ID = "pointmaze-umaze-diverse"
-TINY = ["--env-id", ENV_ID, "--device", "cpu", "--no-compile", "--batch-size", "16", "--model-batch-size", "16",
+EAGER = ["--no-compile"]  # leq_state.py's eager flag
+TINY = ["--env-id", ENV_ID, "--device", "cpu", *EAGER, "--batch-size", "16", "--model-batch-size", "16",
         "--horizon", "3", "--expansion-interval", "20", "--expansion-size", "64", "--rollout-length", "2",
         "--expansion-keep", "2", "--eval-interval", "30", "--eval-episodes", "1", "--final-eval-episodes", "1",
         "--checkpoint-interval", "10", "--log-interval", "3", "--world-model-max-epochs", "1", "--bc-steps", "5",
@@ -79,7 +80,7 @@ def test_sigkilled_run_resumes_to_the_parameters_of_an_uninterrupted_run(workdir
     first_resume = run_checkpoint("killed")["step"]
     assert 40 <= first_resume < 80
 
-    resume = ["--resume", run_dir, "--no-compile"]
+    resume = ["--resume", run_dir, *EAGER]
     tmp_files = lambda: glob.glob(f"{run_dir}/.checkpoint.pt.tmp*")  # noqa: E731
     killed_in_write = None
     while killed_in_write is None:  # kill inside a checkpoint write: the temporary file exists, not yet renamed
