@@ -81,12 +81,12 @@ def test_sigkilled_run_resumes_to_the_parameters_of_an_uninterrupted_run(workdir
     assert 40 <= first_resume < 80
 
     resume = ["--resume", run_dir, *EAGER]
-    tmp_files = lambda: glob.glob(f"{run_dir}/.checkpoint.pt.tmp*")  # noqa: E731
     killed_in_write = None
-    while killed_in_write is None:  # kill inside a checkpoint write: the temporary file exists, not yet renamed
+    while killed_in_write is None:  # kill inside a checkpoint write: its temporary file exists, not yet renamed
         run = start("leq_state.py", *resume, log="leg2.log")
-        kill_when(run, lambda: bool(tmp_files()) and logged_step("leg2.log") >= 55, "a checkpoint write after step 55")
-        if tmp_files():
+        writing = Path(run_dir) / f".checkpoint.pt.tmp{run.pid}"
+        kill_when(run, lambda: writing.exists() and logged_step("leg2.log") >= 55, "a checkpoint write after step 55")
+        if writing.exists():
             killed_in_write = logged_step("leg2.log")
     kept = run_checkpoint("killed")  # the previous checkpoint, whole and loadable
     assert first_resume < kept["step"] < 80 and kept["buffer"]["expansions"] >= 3
