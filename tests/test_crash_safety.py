@@ -170,3 +170,14 @@ def test_divergence_stops_with_a_diagnostic_and_keeps_the_last_good_checkpoint(w
         leq_state.main(args)
     kept = run_checkpoint("diverges")
     assert kept["step"] == 20 and not leq_state.non_finite({k: kept[k] for k in ("actor", "critic", "critic_ema")})
+
+
+def test_resume_says_when_it_cannot_be_bit_exact(capsys):
+    checkpoint = {"args": {"compile": False, "cudagraphs": False, "device": "cpu"}, "threads": torch.get_num_threads()}
+    leq_state.warn_if_not_bit_exact(checkpoint, leq_state.Args(device="cpu", compile=False))
+    assert capsys.readouterr().out == ""
+    leq_state.warn_if_not_bit_exact({**checkpoint, "threads": torch.get_num_threads() + 1},
+                                    leq_state.Args(device="cpu", compile=True))
+    note = capsys.readouterr().out
+    assert "compile False -> True" in note and f"threads {torch.get_num_threads() + 1} ->" in note
+    assert "will not be bit-identical" in note
