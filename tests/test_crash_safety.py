@@ -5,7 +5,6 @@ diagnostic and keeps its last good checkpoint."""
 
 import fcntl
 import glob
-import os
 import re
 import signal
 import subprocess
