@@ -465,7 +465,7 @@ def divergence_message(step: int, bad: list[str], last_good: tuple | None) -> st
             f"{where}. Try a lower --actor-lr / --critic-lr or another --tau.")
 
 
-def warn_if_not_bit_exact(checkpoint: dict, args, device) -> None:
+def warn_if_not_bit_exact(checkpoint: dict, args) -> None:
     """Say so when the resumed run cannot continue bit-exactly: compiled or eager step, device and CPU thread
     count all change the floating-point results."""
     was = {"compile": checkpoint["args"]["compile"], "cudagraphs": checkpoint["args"]["cudagraphs"],
@@ -824,7 +824,7 @@ def main(args: Args) -> dict:
     print(f"LEQ on {args.env_id}: tau {tau}, {args.total_steps} steps, device {device}, compile {args.compile}, "
           f"cudagraphs {args.cudagraphs}, routing {args.routing}, run dir {run_dir}")
     if checkpoint:
-        warn_if_not_bit_exact(checkpoint, args, device)
+        warn_if_not_bit_exact(checkpoint, args)
     last_good = (run_dir / "checkpoint.pt", start_step) if checkpoint else None
 
     def stop_if_diverged(step: int, losses: dict) -> None:

@@ -5,7 +5,6 @@ diagnostic and keeps its last good checkpoint."""
 
 import fcntl
 import glob
-import os
 import re
 import signal
 import subprocess
@@ -22,7 +21,8 @@ import leq_state
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_ID = "pointmaze-umaze-diverse"
-TINY = ["--env-id", ENV_ID, "--device", "cpu", "--compile", "False", "--batch-size", "16", "--model-batch-size", "16",
+EAGER = ["--compile", "False"]  # leq_state.py's eager flag
+TINY = ["--env-id", ENV_ID, "--device", "cpu", *EAGER, "--batch-size", "16", "--model-batch-size", "16",
         "--horizon", "3", "--expansion-interval", "20", "--expansion-size", "64", "--rollout-length", "2",
         "--expansion-keep", "2", "--eval-interval", "30", "--eval-episodes", "1", "--final-eval-episodes", "1",
         "--checkpoint-interval", "10", "--log-interval", "3", "--world-model-max-epochs", "1", "--bc-steps", "5",
@@ -80,13 +80,13 @@ def test_sigkilled_run_resumes_to_the_parameters_of_an_uninterrupted_run(workdir
     first_resume = run_checkpoint("killed")["step"]
     assert 40 <= first_resume < 80
 
-    resume = ["--resume", run_dir, "--compile", "False"]
-    tmp_files = lambda: glob.glob(f"{run_dir}/.checkpoint.pt.tmp*")  # noqa: E731
+    resume = ["--resume", run_dir]  # no compile flag: the run's own (eager) choice is kept
     killed_in_write = None
-    while killed_in_write is None:  # kill inside a checkpoint write: the temporary file exists, not yet renamed
+    while killed_in_write is None:  # kill inside a checkpoint write: its temporary file exists, not yet renamed
         run = start("leq_state.py", *resume, log="leg2.log")
-        kill_when(run, lambda: bool(tmp_files()) and logged_step("leg2.log") >= 55, "a checkpoint write after step 55")
-        if tmp_files():
+        writing = Path(run_dir) / f".checkpoint.pt.tmp{run.pid}"
+        kill_when(run, lambda: writing.exists() and logged_step("leg2.log") >= 55, "a checkpoint write after step 55")
+        if writing.exists():
             killed_in_write = logged_step("leg2.log")
     kept = run_checkpoint("killed")  # the previous checkpoint, whole and loadable
     assert first_resume < kept["step"] < 80 and kept["buffer"]["expansions"] >= 3
@@ -170,3 +170,14 @@ def test_divergence_stops_with_a_diagnostic_and_keeps_the_last_good_checkpoint(w
         leq_state.main(args)
     kept = run_checkpoint("diverges")
     assert kept["step"] == 20 and not leq_state.non_finite({k: kept[k] for k in ("actor", "critic", "critic_ema")})
+
+
+def test_resume_says_when_it_cannot_be_bit_exact(capsys):
+    checkpoint = {"args": {"compile": False, "cudagraphs": False, "device": "cpu"}, "threads": torch.get_num_threads()}
+    leq_state.warn_if_not_bit_exact(checkpoint, leq_state.Args(device="cpu", compile=False))
+    assert capsys.readouterr().out == ""
+    leq_state.warn_if_not_bit_exact({**checkpoint, "threads": torch.get_num_threads() + 1},
+                                    leq_state.Args(device="cpu", compile=True))
+    note = capsys.readouterr().out
+    assert "compile False -> True" in note and f"threads {torch.get_num_threads() + 1} ->" in note
+    assert "will not be bit-identical" in note

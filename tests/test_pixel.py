@@ -3,6 +3,7 @@
 
 import json
 from dataclasses import replace
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -337,3 +338,25 @@ def test_collected_84px_shard_loads_as_64px(tmp_path):
     assert data.images.shape == (8, 64, 64, 3) and data.is_first.tolist() == [1, 0, 0, 0] * 2
     np.testing.assert_array_equal(data.actions[:3], stored_actions[1:4])
     assert np.all(np.abs(stored_actions[1:4]) <= 1) and np.all(stored_actions[0] == 0)
+
+
+def test_training_stops_at_a_non_finite_loss_before_its_checkpoint(tmp_path):
+    class PoisonedUpdater:  # step 3 leaves a NaN in its parameter and its loss
+        def __init__(self):
+            self.params, self.step = [torch.zeros(2)], 0
+
+        def update(self, _batch):
+            self.step += 1
+            if self.step == 3:
+                self.params[0][0] = float("nan")
+            return {"loss": self.params[0].sum()}
+
+    saved = []
+    args = SimpleNamespace(log_every=2, save_every=2, eval_every=100)
+    log = lp.MetricLog(tmp_path, None)
+    replay = SimpleNamespace(sample=lambda: None)
+    with pytest.raises(SystemExit, match=r"behaviour diverged at step 4: losses.loss, parameters\[0\] not finite.*"
+                                         r"checkpoint.pt \(behaviour step 2\)"):
+        lp.train_phase("behaviour", PoisonedUpdater(), replay, 10, log, args, save=lambda: saved.append(1),
+                      checkpoint_path=tmp_path / "checkpoint.pt")
+    assert saved == [1], "the checkpoint of step 2 only: the NaN state is never saved"
