@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ class Args:
     """random seed (also selects the cached world model and pretraining)"""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'"""
-    compile: bool | None = None
+    compile: Annotated[bool | None, tyro.conf.DisallowNone] = None
     """torch.compile the update step; default: on for CUDA, off for the CPU (there a cold compile takes minutes and
     the compiled step is barely faster: README, Speed); --compile / --no-compile override"""
     cudagraphs: bool = False
