@@ -46,11 +46,11 @@ prepare() {  # download with dependency resolution (versions that fit together),
 }
 
 print_table() {
-    printf '\n%-22s %-7s %8s  %s\n' stage status seconds "key figure"
+    printf '\n%-30s %-7s %8s  %s\n' stage status seconds "key figure"
     local row
     for row in "${ROWS[@]}"; do
         IFS='|' read -r stage status seconds figure <<<"$row"
-        printf '%-22s %-7s %8s  %s\n' "$stage" "$status" "$seconds" "$figure"
+        printf '%-30s %-7s %8s  %s\n' "$stage" "$status" "$seconds" "$figure"
     done
     echo "total $((SECONDS - STARTED)) s"
 }
