@@ -29,6 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ class Args:
     """random seed"""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'"""
-    compile: bool | None = None
+    compile: Annotated[bool | None, tyro.conf.DisallowNone] = None
     """torch.compile the BC and FQE steps; default: on for CUDA, and on the CPU for a phase of at least 20k steps,
     where it repays its compile time (README, Speed); --compile True / --compile False override"""
     cudagraphs: bool = False

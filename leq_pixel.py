@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -111,7 +111,7 @@ class Args:
     """random seed"""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'"""
-    compile: bool | None = None
+    compile: Annotated[bool | None, tyro.conf.DisallowNone] = None
     """torch.compile the update steps; None = on for CUDA, off for CPU (measured on a busy 2-core CPU, size 3m,
     batch 4 x 16: compiling the unrolled RSSM took over 13 minutes, then world-model updates ran 1.25x faster)"""
     cudagraphs: bool = False

@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ class Args:
     """random seed (also selects the cached world model and pretraining)"""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'"""
-    compile: bool | None = None
+    compile: Annotated[bool | None, tyro.conf.DisallowNone] = None
     """torch.compile the update step; default: on for CUDA, off for the CPU (there a cold compile takes minutes and
     the compiled step is barely faster: README, Speed); --compile True / --compile False override"""
     cudagraphs: bool = False

@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ class Args:
     """random seed (also part of the default checkpoint name)"""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'"""
-    compile: bool | None = None
+    compile: Annotated[bool | None, tyro.conf.DisallowNone] = None
     """torch.compile the training step; default: on (CUDA, and the CPU where it measured faster per epoch, compile
     included: README, Speed); --compile True / --compile False override"""
     cudagraphs: bool = False

@@ -46,11 +46,11 @@ prepare() {  # download with dependency resolution (versions that fit together),
 }
 
 print_table() {
-    printf '\n%-22s %-7s %8s  %s\n' stage status seconds "key figure"
+    printf '\n%-30s %-7s %8s  %s\n' stage status seconds "key figure"
     local row
     for row in "${ROWS[@]}"; do
         IFS='|' read -r stage status seconds figure <<<"$row"
-        printf '%-22s %-7s %8s  %s\n' "$stage" "$status" "$seconds" "$figure"
+        printf '%-30s %-7s %8s  %s\n' "$stage" "$status" "$seconds" "$figure"
     done
     echo "total $((SECONDS - STARTED)) s"
 }
@@ -74,7 +74,7 @@ stage() {
 last_line='grep -v "^\s*$" | tail -1'
 leq_row='awk "/^(eager|compile)/ {print \$3 \" steps/s, \" \$4 \" ms/step, warm-up \" \$5 \" s\"}"'
 world_model_row='grep "s/epoch" | sed -E "s/ *\(.*//; s/^ +//" | tr -s " " | paste -sd, -'
-leq_run='grep -E "steps/s|final score" | tail -2 | sed -E "s/^step +([0-9]+) \| +([0-9.]+ steps\/s).*/\2 at step \1/" | paste -sd";" -'
+leq_run='tr "\r" "\n" | grep -E "^step .*steps/s|^final score" | tail -2 | sed -E "s/^step +([0-9]+) \| +([0-9.]+ steps\/s).*/\2 at step \1/" | paste -sd";" -'
 
 case "${1:-}" in
 --prepare)
