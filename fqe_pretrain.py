@@ -50,7 +50,7 @@ class Args:
     """'auto', 'cpu' or 'cuda'"""
     compile: Annotated[bool | None, tyro.conf.DisallowNone] = None
     """torch.compile the BC and FQE steps; default: on for CUDA, and on the CPU for a phase of at least 20k steps,
-    where it repays its compile time (README, Speed); --compile True / --compile False override"""
+    where it repays its compile time (README, Speed); --compile / --no-compile override"""
     cudagraphs: bool = False
     """capture the compiled steps as CUDA graphs (CUDA only)"""
     track: bool = False

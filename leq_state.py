@@ -53,7 +53,7 @@ class Args:
     """'auto', 'cpu' or 'cuda'"""
     compile: Annotated[bool | None, tyro.conf.DisallowNone] = None
     """torch.compile the update step; default: on for CUDA, off for the CPU (there a cold compile takes minutes and
-    the compiled step is barely faster: README, Speed); --compile True / --compile False override"""
+    the compiled step is barely faster: README, Speed); --compile / --no-compile override"""
     cudagraphs: bool = False
     """capture the update step as CUDA graphs (CUDA only)"""
     track: bool = False

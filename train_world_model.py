@@ -48,7 +48,7 @@ class Args:
     """'auto', 'cpu' or 'cuda'"""
     compile: Annotated[bool | None, tyro.conf.DisallowNone] = None
     """torch.compile the training step; default: on (CUDA, and the CPU where it measured faster per epoch, compile
-    included: README, Speed); --compile True / --compile False override"""
+    included: README, Speed); --compile / --no-compile override"""
     cudagraphs: bool = False
     """capture the compiled training step as CUDA graphs (CUDA only)"""
     torch_threads: int = 0

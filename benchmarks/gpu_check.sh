@@ -86,7 +86,7 @@ case "${1:-}" in
     LEQ_MODES=(eager eager eager)  # a CPU cannot capture CUDA graphs, and compiling takes minutes there
     LEQ_SIZES=(--steps 5 --warmup 1 --routings balanced)
     WM_SIZES=(--num-transitions 20000 --timed-batches 10 --skip-compile --sampling-batches 256 --sampling-repeats 2)
-    RUN_FLAGS=(--compile False --total-steps 40 --batch-size 16 --model-batch-size 16 --horizon 3
+    RUN_FLAGS=(--no-compile --total-steps 40 --batch-size 16 --model-batch-size 16 --horizon 3
         --expansion-interval 20 --expansion-size 64 --rollout-length 2 --world-model-max-epochs 1 --bc-steps 5
         --bc-batch-size 32 --fqe-steps 5 --fqe-batch-size 32 --eval-interval 20 --eval-episodes 2
         --final-eval-episodes 2 --checkpoint-interval 20 --log-interval 20)

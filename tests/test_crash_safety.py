@@ -21,7 +21,7 @@ import leq_state
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_ID = "pointmaze-umaze-diverse"
-EAGER = ["--compile", "False"]  # leq_state.py's eager flag
+EAGER = ["--no-compile"]  # leq_state.py's eager flag
 TINY = ["--env-id", ENV_ID, "--device", "cpu", *EAGER, "--batch-size", "16", "--model-batch-size", "16",
         "--horizon", "3", "--expansion-interval", "20", "--expansion-size", "64", "--rollout-length", "2",
         "--expansion-keep", "2", "--eval-interval", "30", "--eval-episodes", "1", "--final-eval-episodes", "1",
@@ -109,8 +109,8 @@ def test_sigkilled_run_resumes_to_the_parameters_of_an_uninterrupted_run(workdir
 
 
 @pytest.mark.parametrize("script, folder, args", [
-    ("train_world_model.py", "world_model", ["--compile", "False", "--max-epochs", "1"]),
-    ("fqe_pretrain.py", "pretrain", ["--compile", "False", "--bc-steps", "5", "--fqe-steps", "5", "--eval-episodes", "1"]),
+    ("train_world_model.py", "world_model", ["--no-compile", "--max-epochs", "1"]),
+    ("fqe_pretrain.py", "pretrain", ["--no-compile", "--bc-steps", "5", "--fqe-steps", "5", "--eval-episodes", "1"]),
 ], ids=["world_model", "pretrain"])
 def test_a_kill_while_a_cache_is_written_leaves_no_file_to_load(workdir, script, folder, args):
     cache = workdir / "checkpoints" / folder

@@ -300,7 +300,7 @@ def test_script_runs_end_to_end_and_leq_can_load_its_checkpoint(tiny_pointmaze, 
     command = [sys.executable, str(Path(F.__file__)), "--env-id", "pointmaze-umaze-diverse", "--dataset-path",
                dataset_id, "--device", "cpu", "--bc-steps", "30", "--bc-batch-size", "64", "--fqe-steps", "30",
                "--hidden-dim", "32", "--num-layers", "2", "--eval-episodes", "2", "--log-interval", "10",
-               "--checkpoint-path", str(checkpoint), "--compile", "False"]
+               "--checkpoint-path", str(checkpoint), "--no-compile"]
     env = {**os.environ, "MINARI_DATASETS_PATH": str(root)}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

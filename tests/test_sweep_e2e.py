@@ -12,7 +12,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import results  # noqa: E402
 
 TINY_FLAGS = [  # the sizes of tests/test_leq_pipeline.py's tiny runs
-    "--device=cpu", "--compile=False", "--total-steps=60", "--batch-size=16", "--model-batch-size=16", "--horizon=3",
+    "--device=cpu", "--no-compile", "--total-steps=60", "--batch-size=16", "--model-batch-size=16", "--horizon=3",
     "--expansion-interval=25", "--expansion-size=64", "--rollout-length=2", "--expansion-keep=2",
     "--eval-interval=20", "--eval-episodes=2", "--final-eval-episodes=2", "--checkpoint-interval=60",
     "--log-interval=20", "--world-model-max-epochs=1", "--bc-steps=5", "--bc-batch-size=32", "--fqe-steps=5",
