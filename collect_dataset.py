@@ -14,9 +14,6 @@ The collection code (planner, collectors, Minari writer) is in the `collect` blo
 """
 
 import contextlib
-import fcntl
-import json
-import math
 import os
 import random
 import sys

@@ -20,8 +20,6 @@ scripts (mirrored blocks: one copy per script, kept identical by tools/sync_mirr
 """
 
 import contextlib
-import fcntl
-import json
 import math
 import os
 import random

@@ -22,8 +22,6 @@ training loop, then main; below the banner, the support code shared with the oth
 scripts (mirrored blocks: one copy per script, kept identical by tools/sync_mirrors.py).
 """
 
-import contextlib
-import fcntl
 import json
 import math
 import os

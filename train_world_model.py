@@ -17,9 +17,6 @@ Layout: Args, then the training run and the OfflineRL-Kit export, then main; bel
 scripts (mirrored blocks: one copy per script, kept identical by tools/sync_mirrors.py).
 """
 
-import contextlib
-import fcntl
-import json
 import math
 import os
 import random
