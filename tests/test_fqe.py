@@ -306,7 +306,8 @@ def test_script_runs_end_to_end_and_leq_can_load_its_checkpoint(tiny_pointmaze, 
     assert "BC policy score" in result.stdout
     data = F.load_dataset(F.get_task("pointmaze-umaze-diverse"), dataset_id)
     actor, critic, ema, saved = leq_state.load_pretrain_checkpoint(checkpoint, data.fingerprint, "cpu")
-    assert saved["args"]["bc_steps"] == 30 and saved["network"] == {"act_dim": 2, "hidden_dim": 32, "num_layers": 2}
+    assert saved["args"]["bc_steps"] == 30 and saved["network"] == {"act_dim": 2, "hidden_dim": 32, "num_layers": 2,
+                                                                "trainable_scaler": False}
     for key in ("bc_loss", "fqe_loss", "td_loss", "ema_loss"):
         assert math.isfinite(saved["metrics"][key])
     torch.testing.assert_close(actor.normalizer.mean, torch.tensor(data.observations.mean(0)), rtol=1e-4, atol=1e-5)

@@ -104,7 +104,7 @@ def test_the_default_run_prints_its_plan_before_any_stage(tmp_path, monkeypatch,
     default run takes days and name the CPU preset."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
-    monkeypatch.setattr(leq_state, "generate_dataset", forbid)
+    monkeypatch.setattr(leq_state, "run_collect_dataset", forbid)
     with pytest.raises(StageStarted):
         leq_state.main(leq_state.Args(device="cpu"))
     out = capsys.readouterr().out
