@@ -536,17 +536,23 @@ def cache_lock(path, what: str):
         yield
 
 
+def make_cache_once(path: Path, what: str, make) -> None:
+    """make(path) unless the cache exists, under its lock: of the runs that start together, one makes it and the
+    others wait, then find the file (never a half-written one: make writes with atomic_save)."""
+    if not path.is_file():
+        with cache_lock(path, what):
+            if not path.is_file():  # else another run wrote it while this one waited
+                make(path)
+
+
 def load_or_train_world_model(args, task, data, device):
     """The world model from train_world_model.py's default checkpoint (or --world-model-path), else trained
     here with the same code and cached under a lock, so a tau sweep started at once trains it once per dataset
     and seed while the other runs wait for the file."""
     path = world_model_cache(args, data.fingerprint)
-    if not path.is_file():
-        if args.world_model_path:
-            raise SystemExit(f"--world-model-path {path} does not exist; train one with train_world_model.py.")
-        with cache_lock(path, "world model"):
-            if not path.is_file():  # else another run wrote it while this one waited
-                train_and_cache_world_model(args, task, data, device, path)
+    if args.world_model_path and not path.is_file():
+        raise SystemExit(f"--world-model-path {path} does not exist; train one with train_world_model.py.")
+    make_cache_once(path, "world model", lambda path: train_and_cache_world_model(args, task, data, device, path))
     model, _ = load_world_model(path, data.fingerprint, device)
     print(f"world model: loaded {path}")
     return model.requires_grad_(False)
@@ -590,12 +596,10 @@ def load_or_pretrain_agent(args, data, tensors, device):
         critic = Critic(stats["obs_act_mean"], stats["obs_act_std"]).to(device)
         return actor.to(device), critic, ema_copy(critic)
     path = pretrain_cache(args, data.fingerprint)
-    if not path.is_file():
-        if args.pretrain_path:
-            raise SystemExit(f"--pretrain-path {path} does not exist; train one with fqe_pretrain.py.")
-        with cache_lock(path, "pretraining"):
-            if not path.is_file():  # else another run wrote it while this one waited
-                pretrain_and_cache_agent(args, data, tensors, device, path, trainable_scaler)
+    if args.pretrain_path and not path.is_file():
+        raise SystemExit(f"--pretrain-path {path} does not exist; train one with fqe_pretrain.py.")
+    make_cache_once(path, "pretraining",
+                    lambda path: pretrain_and_cache_agent(args, data, tensors, device, path, trainable_scaler))
     actor, critic, critic_ema, _ = load_pretrain_checkpoint(path, data.fingerprint, device)
     if isinstance(actor.normalizer.mean, nn.Parameter) != trainable_scaler:
         raise SystemExit(f"{path} was pretrained with the other --actor-scaler; pass --actor-scaler "
