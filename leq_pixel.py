@@ -940,28 +940,13 @@ def default_world_model_path(args: Args, fingerprint: str) -> Path:
     return Path("checkpoints/pixel_world_model") / f"{args.env_id}__{args.size}__seed{args.seed}__{fingerprint[:10]}.pt"
 
 
-def rng_state() -> dict:
-    state = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate())
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def save_run(path, args, data, phase, wm, agent, wm_updater, agent_updater, history: list) -> None:
     atomic_save(dict(
         kind="leq_pixel", fingerprint=data.fingerprint, args=asdict(args), phase=phase,
         world_model=wm.state_dict(), agent=agent.state_dict(),
         wm_optimizer=wm_updater.optimizer.state_dict(), wm_step=wm_updater.step,
         agent_optimizer=agent_updater.optimizer.state_dict(), agent_step=agent_updater.step,
-        rng=rng_state(), versions=software_versions(), history=history,
+        rng=rng_states(), versions=software_versions(), history=history,
     ), path)
 
 
@@ -1066,7 +1051,7 @@ def main(args: Args) -> None:
         wm_updater.optimizer.load_state_dict(checkpoint["wm_optimizer"])
         agent_updater.optimizer.load_state_dict(checkpoint["agent_optimizer"])
         wm_updater.step, agent_updater.step, phase = checkpoint["wm_step"], checkpoint["agent_step"], checkpoint["phase"]
-        set_rng_state(checkpoint["rng"])
+        set_rng_states(checkpoint["rng"])
         history = checkpoint.get("history", [])
         run_dir = Path(args.resume).parent
         print(f"resuming {run_dir} in phase {phase} (world model step {wm_updater.step}, behaviour step {agent_updater.step})")
@@ -1326,6 +1311,23 @@ def eval_csv_writer(run_dir, rows: list):
 
 def _eval_csv_line(row: dict) -> str:
     return ",".join(str(row.get(key, "")) for key in EVAL_CSV_HEADER.split(",")) + "\n"
+
+
+def rng_states() -> dict:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 # ==== end mirror: checkpoints ====
 
 

@@ -423,21 +423,6 @@ def numpy_policy(actor, device):
     return act
 
 
-def rng_states() -> dict:
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
 def save_leq_checkpoint(path, step: int, run_name: str, fingerprint: str, args, modules: dict, buffer, history) -> None:
     """Everything a resumed run needs to continue bit-exactly on the CPU: parameters, optimiser states, the
     expansion buffer, the step, the RNG states and the evaluation history (written atomically)."""
@@ -1114,6 +1099,23 @@ def eval_csv_writer(run_dir, rows: list):
 
 def _eval_csv_line(row: dict) -> str:
     return ",".join(str(row.get(key, "")) for key in EVAL_CSV_HEADER.split(",")) + "\n"
+
+
+def rng_states() -> dict:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 # ==== end mirror: checkpoints ====
 
 
