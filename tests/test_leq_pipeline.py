@@ -196,3 +196,25 @@ def test_resume_rewrites_eval_csv_without_duplicate_rows(workdir, monkeypatch):
     leq_state.main(tiny_args(resume=run_dir))
     expected = open(os.path.join(run_dir_of("csv_uninterrupted"), "eval.csv")).read()
     assert open(os.path.join(run_dir, "eval.csv")).read() == expected
+
+
+def test_probe_trap_reports_where_failed_episodes_end_and_the_model_leak(workdir, capsys):
+    """benchmarks/learning/probe_trap.py (the README's wall-trap probe) on a tiny run: success count, the end
+    points of failed episodes, and one imagined displacement per elite from the most common of them."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    leq_state.main(tiny_args(exp_name="probe"))
+    (run_dir,) = [p for p in os.listdir("runs") if "__probe__" in p]
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "learning" / "probe_trap.py"
+    spec = importlib.util.spec_from_file_location("probe_trap", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    capsys.readouterr()
+    probe.main(os.path.join("runs", run_dir))
+    lines = capsys.readouterr().out.strip().splitlines()
+    successes = int(re.match(r"step 60: (\d+)/10 successes; failed episodes ended at ", lines[0]).group(1))
+    if successes < 10:
+        moved = re.search(r"imagined steps move the point by \[(.*)\] \(one per elite\)", lines[1]).group(1)
+        assert len(moved.split(",")) == 5 and all(float(v) >= 0 for v in moved.split(","))

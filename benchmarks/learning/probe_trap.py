@@ -1,0 +1,73 @@
+"""Where does a pointmaze run's policy end, and does its world model let it through the wall there?
+
+    python benchmarks/learning/probe_trap.py runs/<run>      # from the folder the run was started in
+
+Loads the run's checkpoint and its cached world model, plays 10 evaluation episodes with the deterministic policy,
+and prints the success rate and where each failed episode ended. Then, from rest at the most common of those, it rolls
+the policy for 10 imagined steps through each elite's mean prediction, and prints how far each elite moves the
+point. A policy pinned against a wall stays put in the real maze; a world model that moves it on leaks through
+the wall (README, Status).
+"""
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import leq_state as L  # noqa: E402
+
+EPISODES, IMAGINED_STEPS = 10, 10
+
+
+def main(run_dir: str) -> None:
+    torch.set_num_threads(1)
+    checkpoint = torch.load(Path(run_dir) / "checkpoint.pt", weights_only=False)
+    args = L.Args(**{k: v for k, v in checkpoint["args"].items() if k in L.Args.__dataclass_fields__})
+    task = L.get_task(args.env_id)
+    data = L.load_dataset(task, args.dataset_path)
+    stats = L.normalization_stats(data.observations, data.actions)
+    actor = L.Actor(stats["obs_mean"], stats["obs_std"], data.actions.shape[1],
+                    trainable_scaler=args.actor_scaler == "trainable")
+    actor.load_state_dict(checkpoint["actor"])
+    world_model, _ = L.load_world_model(L.world_model_cache(args, data.fingerprint), data.fingerprint, "cpu")
+
+    ends, successes = [], 0
+    for episode in range(EPISODES):
+        env = L.make_eval_env(task, data)
+        obs, done, success = env.reset(seed=100 + episode), False, False
+        for _ in range(task.max_episode_steps):
+            with torch.no_grad():
+                action = actor(torch.as_tensor(obs, dtype=torch.float32)).numpy()
+            obs, _, done, reached = env.step(action)
+            success |= bool(reached)
+            if done:
+                break
+        successes += success
+        if not success:
+            ends.append(tuple(round(float(v), 1) for v in obs[:2]))
+    print(f"step {checkpoint['step']}: {successes}/{EPISODES} successes; failed episodes ended at "
+          f"{Counter(ends).most_common()}")
+    if not ends:
+        return
+
+    end_x, end_y = Counter(ends).most_common(1)[0][0]
+    start = torch.zeros(world_model.num_elites, data.observations.shape[1])
+    start[:, 0], start[:, 1] = end_x, end_y
+    state = start.clone()
+    with torch.no_grad():
+        for _ in range(IMAGINED_STEPS):
+            action = actor(state)
+            mean, _ = world_model(world_model.normalize(state, action)[:, None, :], members=world_model.elites)
+            state = state + mean[:, 0, : world_model.obs_dim]
+    moved = (state[:, :2] - start[:, :2]).norm(dim=-1)
+    print(f"from rest at ({end_x}, {end_y}), action {np.round(actor(start[:1])[0].detach().numpy(), 2).tolist()}: "
+          f"{IMAGINED_STEPS} imagined steps move the point by {np.round(moved.numpy(), 2).tolist()} (one per elite)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit(__doc__)
+    main(sys.argv[1])
