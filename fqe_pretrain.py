@@ -1221,8 +1221,8 @@ def evaluate(task: Task, data: OfflineData, policy, num_episodes: int, seed: int
     """Run `num_episodes` episodes side by side with the deterministic `policy` (numpy [n, obs] -> [n, act]),
     called once per step on all n episodes (finished ones repeat their last observation: a fixed batch shape).
 
-    Returns mean/std of the x100 scores, per-episode scores and returns, and (with gamma) the discounted return of
-    the training reward r * reward_scale + reward_shift, to compare with a critic's estimate."""
+    Returns mean/std of the x100 scores, per-episode scores, returns and final observations, and (with gamma) the
+    discounted return of the training reward r * reward_scale + reward_shift, to compare with a critic's estimate."""
     if video_path and not os.environ.get("DISPLAY"):
         os.environ.setdefault("MUJOCO_GL", "egl")  # headless: MuJoCo renders offscreen through EGL
     envs = [make_eval_env(task, data, "rgb_array" if video_path and i == 0 else None) for i in range(num_episodes)]
@@ -1252,7 +1252,8 @@ def evaluate(task: Task, data: OfflineData, policy, num_episodes: int, seed: int
     for env in envs:
         env.env.close()
     scores = np.array([normalized_score(task, r, s) for r, s in zip(returns, success)])
-    result = {"mean": float(scores.mean()), "std": float(scores.std()), "scores": scores, "returns": returns}
+    result = {"mean": float(scores.mean()), "std": float(scores.std()), "scores": scores, "returns": returns,
+              "final_observations": obs}
     if gamma is not None:
         result["discounted_returns"] = discounted
     return result

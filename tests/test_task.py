@@ -91,7 +91,8 @@ def test_evaluate_pointmaze_batched_with_success_scores_and_discounted_returns(t
     data = data_for(task, "gymnasium_robotics", scale=1.0, shift=-1.0)
     gamma = 0.99
     result = leq_state.evaluate(task, data, planner_policy(task), num_episodes=4, seed=0, gamma=gamma)
-    assert set(result) == {"mean", "std", "scores", "returns", "discounted_returns"}
+    assert set(result) == {"mean", "std", "scores", "returns", "final_observations", "discounted_returns"}
+    assert result["final_observations"].shape == (4, 4)  # (x, y, vx, vy) at each episode's last step
     np.testing.assert_array_equal(result["scores"], [100.0] * 4)
     np.testing.assert_array_equal(result["returns"], [1.0] * 4)  # sparse reward 1 at the success step, then the end
     assert result["mean"] == 100.0 and result["std"] == 0.0

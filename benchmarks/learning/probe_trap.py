@@ -34,20 +34,9 @@ def main(run_dir: str) -> None:
     actor.load_state_dict(checkpoint["actor"])
     world_model, _ = L.load_world_model(L.world_model_cache(args, data.fingerprint), data.fingerprint, "cpu")
 
-    ends, successes = [], 0
-    for episode in range(EPISODES):
-        env = L.make_eval_env(task, data)
-        obs, done, success = env.reset(seed=100 + episode), False, False
-        for _ in range(task.max_episode_steps):
-            with torch.no_grad():
-                action = actor(torch.as_tensor(obs, dtype=torch.float32)).numpy()
-            obs, _, done, reached = env.step(action)
-            success |= bool(reached)
-            if done:
-                break
-        successes += success
-        if not success:
-            ends.append(tuple(round(float(v), 1) for v in obs[:2]))
+    result = L.evaluate(task, data, L.numpy_policy(actor, "cpu"), EPISODES, seed=100)
+    failed = result["final_observations"][result["scores"] < 100.0]  # maze scores: 100 x success
+    ends, successes = [tuple(round(float(v), 1) for v in obs[:2]) for obs in failed], EPISODES - len(failed)
     print(f"step {checkpoint['step']}: {successes}/{EPISODES} successes; failed episodes ended at "
           f"{Counter(ends).most_common()}")
     if not ends:
@@ -57,11 +46,11 @@ def main(run_dir: str) -> None:
     start = torch.zeros(world_model.num_elites, data.observations.shape[1])
     start[:, 0], start[:, 1] = end_x, end_y
     state = start.clone()
+    each_elite = torch.arange(world_model.num_elites)  # row i goes through elite i, at its mean (zero noise)
+    no_noise = torch.zeros(world_model.num_elites, world_model.obs_dim + 1)
     with torch.no_grad():
         for _ in range(IMAGINED_STEPS):
-            action = actor(state)
-            mean, _ = world_model(world_model.normalize(state, action)[:, None, :], members=world_model.elites)
-            state = state + mean[:, 0, : world_model.obs_dim]
+            state, _ = L.transition(world_model, state, actor(state), each_elite, no_noise)
     moved = (state[:, :2] - start[:, :2]).norm(dim=-1)
     print(f"from rest at ({end_x}, {end_y}), action {np.round(actor(start[:1])[0].detach().numpy(), 2).tolist()}: "
           f"{IMAGINED_STEPS} imagined steps move the point by {np.round(moved.numpy(), 2).tolist()} (one per elite)")
