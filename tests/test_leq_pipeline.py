@@ -201,20 +201,43 @@ def test_resume_rewrites_eval_csv_without_duplicate_rows(workdir, monkeypatch):
 def test_probe_trap_reports_where_failed_episodes_end_and_the_model_leak(workdir, capsys):
     """benchmarks/learning/probe_trap.py (the README's wall-trap probe) on a tiny run: success count, the end
     points of failed episodes, and one imagined displacement per elite from the most common of them."""
-    import importlib.util
     import re
-    from pathlib import Path
 
     leq_state.main(tiny_args(exp_name="probe"))
     (run_dir,) = [p for p in os.listdir("runs") if "__probe__" in p]
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "learning" / "probe_trap.py"
-    spec = importlib.util.spec_from_file_location("probe_trap", path)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_benchmark_script("probe_trap")
     capsys.readouterr()
     probe.main(os.path.join("runs", run_dir))
     lines = capsys.readouterr().out.strip().splitlines()
     successes = int(re.match(r"step 60: (\d+)/10 successes; failed episodes ended at ", lines[0]).group(1))
     if successes < 10:
-        moved = re.search(r"imagined steps move the point by \[(.*)\] \(one per elite\)", lines[1]).group(1)
+        goals = re.findall(r"\((-?[\d.]+), (-?[\d.]+)\) \(([\d.]+)\)", lines[1])
+        assert lines[1].startswith("their goals (distance from the end): ") and len(goals) == 10 - successes
+        task = leq_state.get_task("pointmaze-umaze-diverse")
+        centre = leq_state.cell_centre(task, leq_state.maze_start_goal_cells(task, task.default_dataset)[1])
+        for x, y, distance in goals:  # the environment draws each goal within 0.25 per axis of its cell's centre
+            assert abs(float(x) - centre[0]) <= 0.26 and abs(float(y) - centre[1]) <= 0.26 and float(distance) >= 0
+        moved = re.search(r"imagined steps move the point by \[(.*)\] \(one per elite\)", lines[2]).group(1)
         assert len(moved.split(",")) == 5 and all(float(v) >= 0 for v in moved.split(","))
+
+
+def load_benchmark_script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "learning" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compass_baseline_scores_the_eight_constant_pushes(workdir):
+    """benchmarks/learning/compass_baseline.py: one score per direction, best first. In the U-maze the goal lies
+    behind the wall below the start, so no constant push reaches it (on the medium maze, 315° scores 68%)."""
+    scores = load_benchmark_script("compass_baseline").compass_scores("pointmaze-umaze-diverse", episodes=3, seed=7)
+    assert sorted(angle for angle, _ in scores) == list(range(0, 360, 45))
+    assert [score for _, score in scores] == sorted((score for _, score in scores), reverse=True)
+    assert all(score == 0.0 for _, score in scores)
+    with pytest.raises(SystemExit, match="2-D action maze"):
+        load_benchmark_script("compass_baseline").compass_scores("hopper-random", episodes=1, seed=0)

@@ -3,10 +3,11 @@
     python benchmarks/learning/probe_trap.py runs/<run>      # from the folder the run was started in
 
 Loads the run's checkpoint and its cached world model, plays 10 evaluation episodes with the deterministic policy,
-and prints the success rate and where each failed episode ended. Then, from rest at the most common of those, it rolls
-the policy for 10 imagined steps through each elite's mean prediction, and prints how far each elite moves the
-point. A policy pinned against a wall stays put in the real maze; a world model that moves it on leaks through
-the wall (README, Status).
+and prints the success rate, where each failed episode ended, and that episode's goal (the environment draws it
+around the goal cell's centre; the data's rewards and the termination function use the centre). Then, from rest at
+the most common end point, it rolls the policy for 10 imagined steps through each elite's mean prediction, and
+prints how far each elite moves the point. A policy pinned against a wall stays put in the real maze; a world model
+that moves it on leaks through the wall (README, Status).
 """
 
 import sys
@@ -41,6 +42,9 @@ def main(run_dir: str) -> None:
           f"{Counter(ends).most_common()}")
     if not ends:
         return
+    failed_goals = [episode_goal(task, data, 100 + int(i)) for i in np.nonzero(result["scores"] < 100.0)[0]]
+    print("their goals (distance from the end): " + ", ".join(
+        f"({goal[0]:.2f}, {goal[1]:.2f}) ({np.linalg.norm(goal - obs[:2]):.2f})" for goal, obs in zip(failed_goals, failed)))
 
     end_x, end_y = Counter(ends).most_common(1)[0][0]
     start = torch.zeros(world_model.num_elites, data.observations.shape[1])
@@ -54,6 +58,13 @@ def main(run_dir: str) -> None:
     moved = (state[:, :2] - start[:, :2]).norm(dim=-1)
     print(f"from rest at ({end_x}, {end_y}), action {np.round(actor(start[:1])[0].detach().numpy(), 2).tolist()}: "
           f"{IMAGINED_STEPS} imagined steps move the point by {np.round(moved.numpy(), 2).tolist()} (one per elite)")
+
+
+def episode_goal(task, data, seed: int) -> np.ndarray:
+    """The goal the evaluation episode with this seed had: evaluate() resets episode i with seed + i."""
+    env = L.make_eval_env(task, data)
+    env.reset(seed=seed)
+    return np.asarray(env.env.unwrapped.goal[:2], dtype=np.float64)
 
 
 if __name__ == "__main__":

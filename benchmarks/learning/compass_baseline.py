@@ -1,0 +1,47 @@
+"""How far does a policy get on a maze task without looking at the state? Scores the 8 constant-action policies.
+
+    python benchmarks/learning/compass_baseline.py pointmaze-medium-diverse [--episodes 50] [--seed 2001]
+
+Each policy pushes with the same unit action, a = (cos θ, sin θ) for θ = 0°, 45°, ..., 315°, at every step of every
+evaluation episode (the same evaluate() and episodes as leq_state.py). On a maze whose walls funnel a constant push
+into the goal, the best of them is the score a learned policy must beat before its success says anything about
+learning (README, Status).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import leq_state as L  # noqa: E402
+
+
+def compass_scores(env_id: str, episodes: int, seed: int, dataset_path: str | None = None) -> list[tuple[int, float]]:
+    """[(angle in degrees, success x100)] of the 8 constant unit actions, best first."""
+    task = L.get_task(env_id)
+    if task.family not in ("pointmaze", "antmaze") or task.act_dim != 2:
+        raise SystemExit(f"{env_id}: the compass baseline needs a 2-D action maze task (pointmaze-*).")
+    data = L.load_dataset(task, dataset_path)
+    scores = []
+    for angle in range(0, 360, 45):
+        action = np.array([np.cos(np.radians(angle)), np.sin(np.radians(angle))], dtype=np.float32)
+        result = L.evaluate(task, data, lambda obs, a=action: np.tile(a, (len(obs), 1)), episodes, seed)
+        scores.append((angle, float(result["mean"])))
+    return sorted(scores, key=lambda row: -row[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("env_id")
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=2001, help="the first episode's seed (evaluate() adds i)")
+    parser.add_argument("--dataset-path", default=None)
+    cli = parser.parse_args()
+    scores = compass_scores(cli.env_id, cli.episodes, cli.seed, cli.dataset_path)
+    print(f"{cli.env_id}, {cli.episodes} episodes: " + ", ".join(f"{angle}°: {score:.0f}%" for angle, score in scores))
+
+
+if __name__ == "__main__":
+    main()
