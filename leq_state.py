@@ -104,7 +104,8 @@ class Args:
     pretrain: bool = True
     """BC + FQE pretraining; --no-pretrain starts from random networks (ablation)"""
     goal_radius: float | None = None
-    """AntMaze goal radius of the termination function (None = the task's default, 0.5)"""
+    """maze goal radius of the termination function (None = the task's: antmaze 0.5, pointmaze 0.45); the data's
+    rewards keep the task's radius"""
     actor_scaler: Literal["fixed", "trainable"] = "fixed"
     """the actor's input mean/std: fixed dataset statistics, or parameters trained by BC and LEQ as in the
     authors' code (not yet compared with fixed: README Status)"""
