@@ -4,12 +4,18 @@ compiled, and resume after an interruption ending with exactly the parameters of
 import csv
 import json
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import collect_dataset
 import leq_state
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks" / "learning"))
+import compass_baseline  # noqa: E402
+import probe_trap  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -205,9 +211,8 @@ def test_probe_trap_reports_where_failed_episodes_end_and_the_model_leak(workdir
 
     leq_state.main(tiny_args(exp_name="probe"))
     (run_dir,) = [p for p in os.listdir("runs") if "__probe__" in p]
-    probe = load_benchmark_script("probe_trap")
     capsys.readouterr()
-    probe.main(os.path.join("runs", run_dir))
+    probe_trap.main(os.path.join("runs", run_dir))
     lines = capsys.readouterr().out.strip().splitlines()
     successes = int(re.match(r"step 60: (\d+)/10 successes; failed episodes ended at ", lines[0]).group(1))
     if successes < 10:
@@ -221,23 +226,12 @@ def test_probe_trap_reports_where_failed_episodes_end_and_the_model_leak(workdir
         assert len(moved.split(",")) == 5 and all(float(v) >= 0 for v in moved.split(","))
 
 
-def load_benchmark_script(name: str):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "learning" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_compass_baseline_scores_the_eight_constant_pushes(workdir):
     """benchmarks/learning/compass_baseline.py: one score per direction, best first. In the U-maze the goal lies
     behind the wall below the start, so no constant push reaches it (on the medium maze, 315° scores 68%)."""
-    scores = load_benchmark_script("compass_baseline").compass_scores("pointmaze-umaze-diverse", episodes=3, seed=7)
+    scores = compass_baseline.compass_scores("pointmaze-umaze-diverse", episodes=3, seed=7)
     assert sorted(angle for angle, _ in scores) == list(range(0, 360, 45))
     assert [score for _, score in scores] == sorted((score for _, score in scores), reverse=True)
     assert all(score == 0.0 for _, score in scores)
     with pytest.raises(SystemExit, match="2-D action maze"):
-        load_benchmark_script("compass_baseline").compass_scores("hopper-random", episodes=1, seed=0)
+        compass_baseline.compass_scores("hopper-random", episodes=1, seed=0)

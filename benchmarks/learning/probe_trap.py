@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import leq_state as L  # noqa: E402
 
-EPISODES, IMAGINED_STEPS = 10, 10
+EPISODES, IMAGINED_STEPS, EVAL_SEED = 10, 10, 100
 
 
 def main(run_dir: str) -> None:
@@ -35,14 +35,15 @@ def main(run_dir: str) -> None:
     actor.load_state_dict(checkpoint["actor"])
     world_model, _ = L.load_world_model(L.world_model_cache(args, data.fingerprint), data.fingerprint, "cpu")
 
-    result = L.evaluate(task, data, L.numpy_policy(actor, "cpu"), EPISODES, seed=100)
-    failed = result["final_observations"][result["scores"] < 100.0]  # maze scores: 100 x success
+    result = L.evaluate(task, data, L.numpy_policy(actor, "cpu"), EPISODES, seed=EVAL_SEED)
+    failed_episodes = np.nonzero(result["scores"] < 100.0)[0]  # maze scores: 100 x success
+    failed = result["final_observations"][failed_episodes]
     ends, successes = [tuple(round(float(v), 1) for v in obs[:2]) for obs in failed], EPISODES - len(failed)
     print(f"step {checkpoint['step']}: {successes}/{EPISODES} successes; failed episodes ended at "
           f"{Counter(ends).most_common()}")
     if not ends:
         return
-    failed_goals = [episode_goal(task, data, 100 + int(i)) for i in np.nonzero(result["scores"] < 100.0)[0]]
+    failed_goals = [episode_goal(task, data, EVAL_SEED + int(i)) for i in failed_episodes]
     print("their goals (distance from the end): " + ", ".join(
         f"({goal[0]:.2f}, {goal[1]:.2f}) ({np.linalg.norm(goal - obs[:2]):.2f})" for goal, obs in zip(failed_goals, failed)))
 
@@ -64,7 +65,9 @@ def episode_goal(task, data, seed: int) -> np.ndarray:
     """The goal the evaluation episode with this seed had: evaluate() resets episode i with seed + i."""
     env = L.make_eval_env(task, data)
     env.reset(seed=seed)
-    return np.asarray(env.env.unwrapped.goal[:2], dtype=np.float64)
+    goal = np.asarray(env.env.unwrapped.goal[:2], dtype=np.float64)
+    env.env.close()
+    return goal
 
 
 if __name__ == "__main__":
