@@ -491,7 +491,8 @@ def pretrain_cache(args, fingerprint: str) -> Path:
     return path.with_name(path.stem + pretrain_variant(args) + ".pt")
 
 
-PRETRAIN_SETTINGS = ("bc_steps", "bc_batch_size", "bc_lr", "fqe_steps", "fqe_batch_size", "fqe_lr", "actor_scaler")
+PRETRAIN_SETTINGS = ("bc_steps", "bc_batch_size", "bc_lr", "fqe_steps", "fqe_batch_size", "fqe_lr", "actor_scaler",
+                     "gamma", "ema_rate")  # FQE uses LEQ's gamma and EMA rate
 
 
 def pretrain_variant(args) -> str:
@@ -586,7 +587,12 @@ def load_or_pretrain_agent(args, data, tensors, device):
         raise SystemExit(f"--pretrain-path {path} does not exist; train one with fqe_pretrain.py.")
     make_cache_once(path, "pretraining",
                     lambda path: pretrain_and_cache_agent(args, data, tensors, device, path, trainable_scaler))
-    actor, critic, critic_ema, _ = load_pretrain_checkpoint(path, data.fingerprint, device)
+    actor, critic, critic_ema, checkpoint = load_pretrain_checkpoint(path, data.fingerprint, device)
+    pretrained_gamma = checkpoint["args"].get("gamma", args.gamma)
+    if pretrained_gamma != args.gamma:  # the FQE critic estimates returns discounted with its own gamma
+        raise SystemExit(f"{path} holds an FQE critic for gamma {pretrained_gamma}, but this run uses --gamma "
+                         f"{args.gamma}; pass --gamma {pretrained_gamma}, or pretrain for {args.gamma} (drop "
+                         f"--pretrain-path, or run fqe_pretrain.py --gamma {args.gamma}).")
     if isinstance(actor.normalizer.mean, nn.Parameter) != trainable_scaler:
         raise SystemExit(f"{path} was pretrained with the other --actor-scaler; pass --actor-scaler "
                          f"{'fixed' if trainable_scaler else 'trainable'} or pretrain again.")

@@ -162,6 +162,20 @@ def test_actor_scaler_trainable_is_pretrained_and_cached_apart(workdir):
     torch.testing.assert_close(reloaded.normalizer.mean, actor.normalizer.mean, rtol=0, atol=0)
 
 
+def test_pretraining_is_cached_per_gamma_and_a_critic_for_another_gamma_is_refused(workdir):
+    args = tiny_args()
+    assert leq_state.pretrain_variant(args) == leq_state.pretrain_variant(tiny_args(total_steps=7))
+    assert leq_state.pretrain_variant(tiny_args(gamma=0.99)).endswith("__gamma=0.99")
+    assert leq_state.pretrain_variant(tiny_args(ema_rate=0.01)).endswith("__ema_rate=0.01")
+    task = leq_state.get_task(args.env_id)
+    data = leq_state.load_dataset(task)
+    tensors = leq_state.transition_tensors(data, "cpu")
+    leq_state.load_or_pretrain_agent(args, data, tensors, "cpu")
+    path = str(leq_state.pretrain_cache(args, data.fingerprint))
+    with pytest.raises(SystemExit, match="FQE critic for gamma 0.997, but this run uses --gamma 0.99"):
+        leq_state.load_or_pretrain_agent(tiny_args(gamma=0.99, pretrain_path=path), data, tensors, "cpu")
+
+
 def run_dir_of(exp_name: str) -> str:
     (run_dir,) = [p for p in os.listdir("runs") if f"__{exp_name}__" in p]
     return os.path.join("runs", run_dir)
