@@ -16,6 +16,7 @@ import leq_state
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks" / "learning"))
 import compass_baseline  # noqa: E402
 import probe_trap  # noqa: E402
+import start_gradient  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -249,3 +250,20 @@ def test_compass_baseline_scores_the_eight_constant_pushes(workdir):
     assert all(score == 0.0 for _, score in scores)
     with pytest.raises(SystemExit, match="2-D action maze"):
         compass_baseline.compass_scores("hopper-random", episodes=1, seed=0)
+
+
+def test_start_gradient_reads_the_cached_models_of_the_same_flags(workdir, capsys):
+    """benchmarks/learning/start_gradient.py: at the U-maze's evaluation start, a unit g_0 direction, the BC action
+    and one FQE value per compass direction, from the caches leq_state.py wrote for the same arguments."""
+    args = tiny_args(exp_name="start", total_steps=2)
+    leq_state.main(args)
+    probe = start_gradient.start_gradient(args)
+    task = leq_state.get_task(args.env_id)
+    start_cell = leq_state.maze_start_goal_cells(task, task.default_dataset)[0]
+    assert abs(probe["start"] - leq_state.cell_centre(task, start_cell)).max() <= 0.26
+    assert abs(float((probe["direction"] ** 2).sum()) - 1.0) < 1e-5 and probe["bc_action"].shape == (2,)
+    assert [angle for angle, _ in probe["q_by_angle"]] == list(range(0, 360, 45))
+    with pytest.raises(SystemExit, match="run leq_state.py with the same flags first"):
+        start_gradient.start_gradient(tiny_args(seed=99))
+    with pytest.raises(SystemExit, match="2-D action maze"):
+        start_gradient.start_gradient(leq_state.Args(env_id="hopper-random"))
