@@ -37,8 +37,8 @@ from tqdm import tqdm
 class Args:
     preset: Literal["none", "cpu-check"] = "none"
     """a named budget whose values replace the defaults below (explicit flags still win). cpu-check: the learning
-    check of README Status on generated pointmaze-medium-diverse data (2000 LEQ steps; the plan printed at start
-    estimates its time)"""
+    check of README Status on generated pointmaze-medium-diverse data (8000 LEQ steps, critic EMA rate 0.05; the
+    plan printed at start estimates its time)"""
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run name)"""
     env_id: str = "pointmaze-medium-diverse"
@@ -82,7 +82,7 @@ class Args:
     ema_weight: float = 1.0
     """omega_EMA: weight of the critic's EMA regulariser"""
     ema_rate: float = 0.005
-    """1 - epsilon_EMA: rate of the critic's EMA copy"""
+    """1 - epsilon_EMA: rate of the critic's EMA copy in LEQ"""
     actor_lr: float = 3e-5
     """actor learning rate (cosine decay to 0 over the run)"""
     critic_lr: float = 1e-4
@@ -130,6 +130,8 @@ class Args:
     """FQE batch size"""
     fqe_lr: float = 1e-4
     """FQE learning rate"""
+    fqe_ema_rate: float = 0.005
+    """rate of the FQE critic's EMA copy (fqe_pretrain.py --ema-rate)"""
 
     log_interval: int = 1000
     """steps between console/wandb log lines"""
@@ -145,11 +147,13 @@ class Args:
     """continue the run in this directory (or checkpoint file) with its own hyperparameters"""
 
 
-# Named budgets for --preset. They change budgets only (data, pretraining, batch sizes, steps, evaluation), never the
-# LEQ update; README Status has the measurements behind each value.
+# Named budgets for --preset. They change budgets (data, pretraining, batch sizes, steps, evaluation), never the
+# LEQ update's math; README Status has the measurements behind each value. cpu-check also sets the critic's EMA
+# rate to 0.05 (paper: 0.005, --ema-rate 0.005): the EMA's 200-step time constant, sized for 1M-step runs, keeps
+# the critic from carrying the goal's value back to the start within a CPU-sized run (README Status).
 PRESETS = {
     "cpu-check": dict(
-        env_id="pointmaze-medium-diverse", total_steps=2000, batch_size=64, model_batch_size=64,
+        env_id="pointmaze-medium-diverse", total_steps=8000, ema_rate=0.05, batch_size=64, model_batch_size=64,
         expansion_interval=500, expansion_size=5000, world_model_max_epochs=3,
         bc_steps=3000, bc_batch_size=512, fqe_steps=50_000,
         eval_interval=1000, eval_episodes=20, final_eval_episodes=50, log_interval=500, checkpoint_interval=1000,
@@ -492,7 +496,7 @@ def pretrain_cache(args, fingerprint: str) -> Path:
 
 
 PRETRAIN_SETTINGS = ("bc_steps", "bc_batch_size", "bc_lr", "fqe_steps", "fqe_batch_size", "fqe_lr", "actor_scaler",
-                     "gamma", "ema_rate")  # FQE uses LEQ's gamma and EMA rate
+                     "fqe_ema_rate", "gamma")  # FQE values the policy with LEQ's gamma
 
 
 def pretrain_variant(args) -> str:
@@ -612,7 +616,7 @@ def pretrain_and_cache_agent(args, data, tensors, device, path, trainable_scaler
     bc = make_bc_update(actor, torch.optim.Adam(actor.parameters(), lr=args.bc_lr), tensors, args.bc_batch_size)
     run_updates(bc, args.bc_steps, "BC", max(1, args.bc_steps // 20))
     fqe = make_fqe_update(critic, critic_ema, actor, torch.optim.Adam(critic.parameters(), lr=args.fqe_lr), tensors,
-                          args.fqe_batch_size, args.gamma, args.ema_rate)
+                          args.fqe_batch_size, args.gamma, args.fqe_ema_rate)
     run_updates(fqe, args.fqe_steps, "FQE", max(1, args.fqe_steps // 20))
     critic_ema.load_state_dict(critic.state_dict())  # LEQ's critic and its EMA both start from FQE (leq-spec §4)
     save_pretrain_checkpoint(path, actor, critic, critic_ema, data.fingerprint, args)
@@ -711,7 +715,7 @@ def check_args(args: Args) -> torch.device:
                   "critic_lr", "bc_lr", "fqe_lr", "goal_radius", "world_model_max_epochs"),
         non_negative=("bc_steps", "fqe_steps", "ema_weight"),
         fractions=("beta", "lam"),
-        rates=("gamma", "ema_rate"),
+        rates=("gamma", "ema_rate", "fqe_ema_rate"),
         open_fractions=("tau",),
     )
     for flag, path in (("--world-model-path", args.world_model_path), ("--pretrain-path", args.pretrain_path)):

@@ -165,9 +165,9 @@ def test_actor_scaler_trainable_is_pretrained_and_cached_apart(workdir):
 
 def test_pretraining_is_cached_per_gamma_and_a_critic_for_another_gamma_is_refused(workdir):
     args = tiny_args()
-    assert leq_state.pretrain_variant(args) == leq_state.pretrain_variant(tiny_args(total_steps=7))
+    assert leq_state.pretrain_variant(args) == leq_state.pretrain_variant(tiny_args(total_steps=7, ema_rate=0.05))
     assert leq_state.pretrain_variant(tiny_args(gamma=0.99)).endswith("__gamma=0.99")
-    assert leq_state.pretrain_variant(tiny_args(ema_rate=0.01)).endswith("__ema_rate=0.01")
+    assert leq_state.pretrain_variant(tiny_args(fqe_ema_rate=0.01)).endswith("__fqe_ema_rate=0.01")
     task = leq_state.get_task(args.env_id)
     data = leq_state.load_dataset(task)
     tensors = leq_state.transition_tensors(data, "cpu")
