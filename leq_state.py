@@ -149,8 +149,9 @@ class Args:
 
 # Named budgets for --preset. They change budgets (data, pretraining, batch sizes, steps, evaluation), never the
 # LEQ update's math; README Status has the measurements behind each value. cpu-check also sets the critic's EMA
-# rate to 0.05 (paper: 0.005, --ema-rate 0.005): the EMA's 200-step time constant, sized for 1M-step runs, keeps
-# the critic from carrying the goal's value back to the start within a CPU-sized run (README Status).
+# rate to 0.05 (paper: 0.005, --ema-rate 0.005): on seed 5, 8000 steps at 0.005 stay at 0% while 0.05 reaches 95%
+# by step 3000; our reading is that the paper's EMA, sized for 1M-step runs, paces how fast the critic carries the
+# goal's value back to the start (README Status).
 PRESETS = {
     "cpu-check": dict(
         env_id="pointmaze-medium-diverse", total_steps=8000, ema_rate=0.05, batch_size=64, model_batch_size=64,

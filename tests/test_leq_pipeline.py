@@ -252,7 +252,7 @@ def test_compass_baseline_scores_the_eight_constant_pushes(workdir):
         compass_baseline.compass_scores("hopper-random", episodes=1, seed=0)
 
 
-def test_start_gradient_reads_the_cached_models_of_the_same_flags(workdir, capsys):
+def test_start_gradient_reads_the_cached_models_of_the_same_flags(workdir):
     """benchmarks/learning/start_gradient.py: at the U-maze's evaluation start, a unit g_0 direction, the BC action
     and one FQE value per compass direction, from the caches leq_state.py wrote for the same arguments."""
     args = tiny_args(exp_name="start", total_steps=2)
