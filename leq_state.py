@@ -23,7 +23,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -104,8 +104,10 @@ class Args:
     pretrain: bool = True
     """BC + FQE pretraining; --no-pretrain starts from random networks (ablation)"""
     goal_radius: float | None = None
-    """maze goal radius of the termination function (None = the task's: antmaze 0.5, pointmaze 0.45); the data's
-    rewards keep the task's radius"""
+    """maze goal radius of the termination function (None = the relabelling radius below)"""
+    relabel_radius: float | None = None
+    """maze goal radius that relabels Minari and generated maze data's rewards, and the termination's default
+    (None = the task's: antmaze 0.5, pointmaze 0.45, the environments' success radii); D4RL hdf5 files keep theirs"""
     actor_scaler: Literal["fixed", "trainable"] = "fixed"
     """the actor's input mean/std: fixed dataset statistics, or parameters trained by BC and LEQ as in the
     authors' code (not yet compared with fixed: README Status)"""
@@ -713,7 +715,7 @@ def check_args(args: Args) -> torch.device:
         positive=("total_steps", "batch_size", "model_batch_size", "horizon", "expansion_interval", "expansion_size",
                   "rollout_length", "expansion_keep", "bc_batch_size", "fqe_batch_size", "log_interval",
                   "eval_interval", "eval_episodes", "final_eval_episodes", "checkpoint_interval", "actor_lr",
-                  "critic_lr", "bc_lr", "fqe_lr", "goal_radius", "world_model_max_epochs"),
+                  "critic_lr", "bc_lr", "fqe_lr", "goal_radius", "relabel_radius", "world_model_max_epochs"),
         non_negative=("bc_steps", "fqe_steps", "ema_weight"),
         fractions=("beta", "lam"),
         rates=("gamma", "ema_rate", "fqe_ema_rate"),
@@ -723,8 +725,19 @@ def check_args(args: Args) -> torch.device:
         if path is not None and not Path(path).is_file():
             problems.append(f"{flag} {path} does not exist")
     refuse(problems)
-    locate_dataset(get_task(args.env_id), args.dataset_path)
+    task = get_task(args.env_id)
+    kind = locate_dataset(task, args.dataset_path)[0]
+    if args.relabel_radius is not None and (task.maze is None or kind not in ("minari", "generate")):
+        refuse([f"--relabel-radius relabels Minari or generated maze data; {args.env_id} with "
+                f"{args.dataset_path or 'its default data'} keeps the rewards it has. Drop the flag (use "
+                f"--goal-radius for the termination alone)."])
     return device
+
+
+def task_of(args: Args) -> "Task":
+    """The task, its goal radius (data relabelling and termination) set by --relabel-radius if given."""
+    task = get_task(args.env_id)
+    return task if args.relabel_radius is None else replace(task, goal_radius=args.relabel_radius)
 
 
 # ---- termination functions (leq-spec §6) ------------------------------------------------------------------------
@@ -776,7 +789,7 @@ def main(args: Args) -> dict:
     args.compile = resolve_compile(args.compile, device)
     seed_everything(args.seed)
 
-    task = get_task(args.env_id)
+    task = task_of(args)
     tau = task.tau if args.tau is None else args.tau
     generated_here = locate_dataset(task, args.dataset_path)[0] == "generate"
     data = None if generated_here else load_dataset(task, args.dataset_path, args.download)

@@ -169,6 +169,39 @@ def test_minari_antmaze_is_relabelled_against_the_eval_goal(minari_root):
     assert data.episode_ends[10] == 1 and data.episode_ends[-1] == 1
 
 
+def test_relabel_radius_sets_the_rewards_and_the_termination_default(minari_root):
+    import gymnasium as gym
+    import gymnasium_robotics
+    import torch
+
+    import leq_state
+
+    gym.register_envs(gymnasium_robotics)
+    path = [(-4.0 + 2.0 - 0.25 * t, 4.0) for t in range(12)]  # into the goal region at (-4, 4) from the right
+    minari.create_dataset_from_buffers("D4RL/antmaze/umaze-v1", [ant_episode_buffer(0, path)], env="AntMaze_UMaze-v4",
+                                       eval_env="AntMaze_UMaze-v4", algorithm_name="fixture", author="test",
+                                       author_email="n/a", code_permalink="tests", description="fixture")
+    task_default = leq_state.task_of(leq_state.Args(env_id="antmaze-umaze"))
+    task = leq_state.task_of(leq_state.Args(env_id="antmaze-umaze", relabel_radius=0.2))
+    assert (task_default.goal_radius, task.goal_radius, task.tau) == (0.5, 0.2, task_default.tau)
+    data, data_default = leq_state.load_dataset(task), leq_state.load_dataset(task_default)
+    distance = np.linalg.norm(data.next_observations[:, :2] - [-4.0, 4.0], axis=-1)
+    np.testing.assert_array_equal(data.rewards, (distance <= 0.2).astype(np.float32))
+    assert data.rewards.sum() == 1 and data_default.rewards.sum() == 5  # distance 0 (and 0.25, 0.25, 0.5, 0.5)
+    assert data.fingerprint != data_default.fingerprint  # so cached models of one radius never serve the other
+    next_obs = torch.zeros(3, 29)
+    next_obs[:, 0], next_obs[:, 1] = torch.tensor([-4.1, -3.6, -3.75]), 4.0
+    done = leq_state.make_termination_fn(task, data)(None, None, next_obs)
+    assert done.tolist() == [True, False, False]  # 0.25 from the goal: outside 0.2, inside the default 0.5
+
+
+def test_relabel_radius_is_refused_where_there_is_nothing_to_relabel(tmp_path):
+    import leq_state
+
+    with pytest.raises(SystemExit, match="--relabel-radius relabels Minari or generated maze data; hopper-random"):
+        leq_state.check_args(leq_state.Args(env_id="hopper-random", device="cpu", relabel_radius=0.25))
+
+
 def test_minari_mujoco_dataset_keeps_its_v5_eval_env(minari_root):
     import gymnasium as gym
 

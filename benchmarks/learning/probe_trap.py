@@ -27,7 +27,7 @@ def main(run_dir: str) -> None:
     torch.set_num_threads(1)
     checkpoint = torch.load(Path(run_dir) / "checkpoint.pt", weights_only=False)
     args = L.Args(**{k: v for k, v in checkpoint["args"].items() if k in L.Args.__dataclass_fields__})
-    task = L.get_task(args.env_id)
+    task = L.task_of(args)
     data = L.load_dataset(task, args.dataset_path)
     stats = L.normalization_stats(data.observations, data.actions)
     actor = L.Actor(stats["obs_mean"], stats["obs_std"], data.actions.shape[1],

@@ -24,7 +24,7 @@ EPISODES, ROLLOUTS_PER_START, EVAL_SEED = 20, 50, 100
 
 def start_gradient(args: L.Args) -> dict:
     """At the first evaluation states: mean start xy, mean BC action, unit mean g_0, and [(angle, mean Q)]."""
-    task = L.get_task(args.env_id)
+    task = L.task_of(args)
     if task.family != "pointmaze":  # the only maze family with a 2-D action
         raise SystemExit(f"{args.env_id}: the start-gradient probe needs a 2-D action maze task (pointmaze-*).")
     data = L.load_dataset(task, args.dataset_path)
