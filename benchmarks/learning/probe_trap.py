@@ -2,7 +2,8 @@
 
     python benchmarks/learning/probe_trap.py runs/<run>      # from the folder the run was started in
 
-Loads the run's checkpoint and its cached world model, plays 10 evaluation episodes with the deterministic policy,
+Loads the run's checkpoint and its cached world model, prints how saturated the actor a = tanh(mu(s)) is (mean mu at
+the evaluation starts, share of dataset states with every |mu| > 3), plays 10 evaluation episodes with the policy,
 and prints the success rate, where each failed episode ended, and that episode's goal (the environment draws it
 around the goal cell's centre; the data's rewards and the termination function use the centre). Then, from rest at
 the most common end point, it rolls the policy for 10 imagined steps through each elite's mean prediction, and
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import leq_state as L  # noqa: E402
 
 EPISODES, IMAGINED_STEPS, EVAL_SEED = 10, 10, 100
+SATURATION_STATES, SATURATED_MU = 2000, 3.0
 
 
 def main(run_dir: str) -> None:
@@ -35,6 +37,7 @@ def main(run_dir: str) -> None:
     actor.load_state_dict(checkpoint["actor"])
     world_model, _ = L.load_world_model(L.world_model_cache(args, data.fingerprint), data.fingerprint, "cpu")
 
+    print(actor_saturation(actor, task, data))
     result = L.evaluate(task, data, L.numpy_policy(actor, "cpu"), EPISODES, seed=EVAL_SEED)
     failed_episodes = np.nonzero(result["scores"] < 100.0)[0]  # maze scores: 100 x success
     failed = result["final_observations"][failed_episodes]
@@ -59,6 +62,20 @@ def main(run_dir: str) -> None:
     moved = (state[:, :2] - start[:, :2]).norm(dim=-1)
     print(f"from rest at ({end_x}, {end_y}), action {np.round(actor(start[:1])[0].detach().numpy(), 2).tolist()}: "
           f"{IMAGINED_STEPS} imagined steps move the point by {np.round(moved.numpy(), 2).tolist()} (one per elite)")
+
+
+def actor_saturation(actor, task, data) -> str:
+    """How deep a = tanh(mu(s)) sits in tanh's flat tails: mean mu at the evaluation starts, and the share of
+    dataset states where every |mu| > 3 (tanh' < 0.01 there, so little gradient reaches mu)."""
+    envs = [L.make_eval_env(task, data) for _ in range(EPISODES)]
+    starts = torch.as_tensor(np.stack([env.reset(seed=EVAL_SEED + i) for i, env in enumerate(envs)]))
+    rows = np.random.default_rng(0).choice(len(data), min(SATURATION_STATES, len(data)), replace=False)
+    with torch.no_grad():
+        mu_starts, mu_data = actor.mu(starts), actor.mu(torch.as_tensor(data.observations[rows]))
+    share = (mu_data.abs() > SATURATED_MU).all(dim=1).float().mean().item()
+    mean_mu = ", ".join(f"{v:.1f}" for v in mu_starts.mean(dim=0).tolist())
+    return (f"actor mu: [{mean_mu}] at the starts (mean); every "
+            f"|mu| > {SATURATED_MU:g} at {share:.0%} of {len(rows)} dataset states")
 
 
 def episode_goal(task, data, seed: int) -> np.ndarray:
