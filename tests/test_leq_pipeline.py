@@ -229,8 +229,8 @@ def test_probe_trap_reports_where_failed_episodes_end_and_the_model_leak(workdir
     capsys.readouterr()
     probe_trap.main(os.path.join("runs", run_dir))
     saturation, *lines = capsys.readouterr().out.strip().splitlines()
-    _, _, share, states = re.match(
-        r"actor mu: \[(-?[\d.]+), (-?[\d.]+)\] at the starts \(mean\); every \|mu\| > 3 at (\d+)% of (\d+) dataset states$",
+    share, states = re.match(
+        r"actor mu: \[-?[\d.]+, -?[\d.]+\] at the starts \(mean\); every \|mu\| > 3 at (\d+)% of (\d+) dataset states$",
         saturation).groups()
     assert 0 <= int(share) <= 100 and int(states) == 2000
     successes = int(re.match(r"step 60: (\d+)/10 successes; failed episodes ended at ", lines[0]).group(1))

@@ -145,6 +145,13 @@ def ant_episode_buffer(index, xy_path):
                          terminations=np.zeros(steps, bool), truncations=np.r_[np.zeros(steps - 1), 1].astype(bool))
 
 
+def write_minari_antmaze_umaze(buffers):
+    """The buffers as Minari's D4RL/antmaze/umaze-v1 (the default dataset of antmaze-umaze) in $MINARI_DATASETS_PATH."""
+    minari.create_dataset_from_buffers("D4RL/antmaze/umaze-v1", buffers, env="AntMaze_UMaze-v4",
+                                       eval_env="AntMaze_UMaze-v4", algorithm_name="fixture", author="test",
+                                       author_email="n/a", code_permalink="tests", description="fixture")
+
+
 def test_minari_antmaze_is_relabelled_against_the_eval_goal(minari_root):
     import gymnasium as gym
     import gymnasium_robotics
@@ -153,11 +160,7 @@ def test_minari_antmaze_is_relabelled_against_the_eval_goal(minari_root):
     # Minari's umaze data map has its goal at cell (1,1) = (-4, 4) in gymnasium-robotics' frame (datasets §2.8).
     path_a = [(-4.0 + 2.0 - 0.25 * t, 4.0) for t in range(12)]  # walks into the goal region from the right
     path_b = [(4.0, -4.0 + 0.1 * t) for t in range(6)]
-    buffers = [ant_episode_buffer(0, path_a), ant_episode_buffer(1, path_b)]
-    minari.create_dataset_from_buffers("D4RL/antmaze/umaze-v1", buffers, env="AntMaze_UMaze-v4",
-                                       eval_env="AntMaze_UMaze-v4",
-                                       algorithm_name="fixture", author="test", author_email="n/a",
-                                       code_permalink="tests", description="fixture")
+    write_minari_antmaze_umaze([ant_episode_buffer(0, path_a), ant_episode_buffer(1, path_b)])
     task = cd.get_task("antmaze-umaze")
     data = cd.load_dataset(task)  # the task's default: the Minari id above
     assert data.observations.shape == (16, 29) and data.maze_frame == "gymnasium_robotics"
@@ -178,9 +181,7 @@ def test_relabel_radius_sets_the_rewards_and_the_termination_default(minari_root
 
     gym.register_envs(gymnasium_robotics)
     path = [(-4.0 + 2.0 - 0.25 * t, 4.0) for t in range(12)]  # into the goal region at (-4, 4) from the right
-    minari.create_dataset_from_buffers("D4RL/antmaze/umaze-v1", [ant_episode_buffer(0, path)], env="AntMaze_UMaze-v4",
-                                       eval_env="AntMaze_UMaze-v4", algorithm_name="fixture", author="test",
-                                       author_email="n/a", code_permalink="tests", description="fixture")
+    write_minari_antmaze_umaze([ant_episode_buffer(0, path)])
     task_default = leq_state.task_of(leq_state.Args(env_id="antmaze-umaze"))
     task = leq_state.task_of(leq_state.Args(env_id="antmaze-umaze", relabel_radius=0.2))
     assert (task_default.goal_radius, task.goal_radius, task.tau) == (0.5, 0.2, task_default.tau)
@@ -195,7 +196,7 @@ def test_relabel_radius_sets_the_rewards_and_the_termination_default(minari_root
     assert done.tolist() == [True, False, False]  # 0.25 from the goal: outside 0.2, inside the default 0.5
 
 
-def test_relabel_radius_is_refused_where_there_is_nothing_to_relabel(tmp_path):
+def test_relabel_radius_is_refused_where_there_is_nothing_to_relabel():
     import leq_state
 
     with pytest.raises(SystemExit, match="--relabel-radius relabels Minari or generated maze data; hopper-random"):

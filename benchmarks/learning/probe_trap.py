@@ -46,7 +46,7 @@ def main(run_dir: str) -> None:
           f"{Counter(ends).most_common()}")
     if not ends:
         return
-    failed_goals = [episode_goal(task, data, EVAL_SEED + int(i)) for i in failed_episodes]
+    failed_goals = [episode_start(task, data, EVAL_SEED + int(i))[1] for i in failed_episodes]
     print("their goals (distance from the end): " + ", ".join(
         f"({goal[0]:.2f}, {goal[1]:.2f}) ({np.linalg.norm(goal - obs[:2]):.2f})" for goal, obs in zip(failed_goals, failed)))
 
@@ -67,8 +67,7 @@ def main(run_dir: str) -> None:
 def actor_saturation(actor, task, data) -> str:
     """How deep a = tanh(mu(s)) sits in tanh's flat tails: mean mu at the evaluation starts, and the share of
     dataset states where every |mu| > 3 (tanh' < 0.01 there, so little gradient reaches mu)."""
-    envs = [L.make_eval_env(task, data) for _ in range(EPISODES)]
-    starts = torch.as_tensor(np.stack([env.reset(seed=EVAL_SEED + i) for i, env in enumerate(envs)]))
+    starts = torch.as_tensor(np.stack([episode_start(task, data, EVAL_SEED + i)[0] for i in range(EPISODES)]))
     rows = np.random.default_rng(0).choice(len(data), min(SATURATION_STATES, len(data)), replace=False)
     with torch.no_grad():
         mu_starts, mu_data = actor.mu(starts), actor.mu(torch.as_tensor(data.observations[rows]))
@@ -78,13 +77,14 @@ def actor_saturation(actor, task, data) -> str:
             f"|mu| > {SATURATED_MU:g} at {share:.0%} of {len(rows)} dataset states")
 
 
-def episode_goal(task, data, seed: int) -> np.ndarray:
-    """The goal the evaluation episode with this seed had: evaluate() resets episode i with seed + i."""
+def episode_start(task, data, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first observation and the goal of the evaluation episode with this seed (evaluate() resets episode i
+    with seed + i)."""
     env = L.make_eval_env(task, data)
-    env.reset(seed=seed)
+    observation = env.reset(seed=seed)
     goal = np.asarray(env.env.unwrapped.goal[:2], dtype=np.float64)
     env.env.close()
-    return goal
+    return observation, goal
 
 
 if __name__ == "__main__":
