@@ -221,7 +221,8 @@ def test_resume_rewrites_eval_csv_without_duplicate_rows(workdir, monkeypatch):
 
 def test_probe_trap_reports_where_failed_episodes_end_and_the_model_leak(workdir, capsys):
     """benchmarks/learning/probe_trap.py (the README's wall-trap probe) on a tiny run: success count, the end
-    points of failed episodes, and one imagined displacement per elite from the most common of them."""
+    points of failed episodes, their goals and closest approach to the goal cell's centre, and one imagined
+    displacement per elite from the most common end point."""
     import re
 
     leq_state.main(tiny_args(exp_name="probe"))
@@ -241,7 +242,10 @@ def test_probe_trap_reports_where_failed_episodes_end_and_the_model_leak(workdir
         centre = leq_state.cell_centre(task, leq_state.maze_start_goal_cells(task, task.default_dataset)[1])
         for x, y, distance in goals:  # the environment draws each goal within 0.25 per axis of its cell's centre
             assert abs(float(x) - centre[0]) <= 0.26 and abs(float(y) - centre[1]) <= 0.26 and float(distance) >= 0
-        moved = re.search(r"imagined steps move the point by \[(.*)\] \(one per elite\)", lines[2]).group(1)
+        closest = re.match(r"their closest approach to the goal cell's centre: \[(.*)\] \(the data's rewards and the "
+                           r"termination count a success within 0.45 of it\)$", lines[2]).group(1)
+        assert len(closest.split(",")) == 10 - successes and all(float(v) >= 0 for v in closest.split(","))
+        moved = re.search(r"imagined steps move the point by \[(.*)\] \(one per elite\)", lines[3]).group(1)
         assert len(moved.split(",")) == 5 and all(float(v) >= 0 for v in moved.split(","))
 
 

@@ -4,8 +4,9 @@
 
 Loads the run's checkpoint and its cached world model, prints how saturated the actor a = tanh(mu(s)) is (mean mu at
 the evaluation starts, share of dataset states with every |mu| > 3), plays 10 evaluation episodes with the policy,
-and prints the success rate, where each failed episode ended, and that episode's goal (the environment draws it
-around the goal cell's centre; the data's rewards and the termination function use the centre). Then, from rest at
+and prints the success rate, where each failed episode ended, its goal (the environment draws it around the goal
+cell's centre), and how close it came to that centre (the data's rewards and the termination function use a disc
+around the centre, so a failed episode that came within its radius was a success for the training reward). Then, from rest at
 the most common end point, it rolls the policy for 10 imagined steps through each elite's mean prediction, and
 prints how far each elite moves the point. A policy pinned against a wall stays put in the real maze; a world model
 that moves it on leaks through the wall (README, Status).
@@ -38,7 +39,15 @@ def main(run_dir: str) -> None:
     world_model, _ = L.load_world_model(L.world_model_cache(args, data.fingerprint), data.fingerprint, "cpu")
 
     print(actor_saturation(actor, task, data))
-    result = L.evaluate(task, data, L.numpy_policy(actor, "cpu"), EPISODES, seed=EVAL_SEED)
+    centre = L.maze_goal_centre(task, data.maze_frame, data.source.removeprefix("minari:"))
+    closest = np.full(EPISODES, np.inf)
+    policy = L.numpy_policy(actor, "cpu")
+
+    def recording_policy(obs):  # evaluate() calls it on every episode's observation at every step
+        np.minimum(closest, np.linalg.norm(obs[:, :2] - centre, axis=1), out=closest)
+        return policy(obs)
+
+    result = L.evaluate(task, data, recording_policy, EPISODES, seed=EVAL_SEED)
     failed_episodes = np.nonzero(result["scores"] < 100.0)[0]  # maze scores: 100 x success
     failed = result["final_observations"][failed_episodes]
     ends, successes = [tuple(round(float(v), 1) for v in obs[:2]) for obs in failed], EPISODES - len(failed)
@@ -49,6 +58,8 @@ def main(run_dir: str) -> None:
     failed_goals = [episode_start(task, data, EVAL_SEED + int(i))[1] for i in failed_episodes]
     print("their goals (distance from the end): " + ", ".join(
         f"({goal[0]:.2f}, {goal[1]:.2f}) ({np.linalg.norm(goal - obs[:2]):.2f})" for goal, obs in zip(failed_goals, failed)))
+    print(f"their closest approach to the goal cell's centre: {np.round(closest[failed_episodes], 2).tolist()} (the "
+          f"data's rewards and the termination count a success within {task.goal_radius:g} of it)")
 
     end_x, end_y = Counter(ends).most_common(1)[0][0]
     start = torch.zeros(world_model.num_elites, data.observations.shape[1])
