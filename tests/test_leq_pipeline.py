@@ -245,6 +245,9 @@ def test_probe_trap_reports_where_failed_episodes_end_and_the_model_leak(workdir
         closest = re.match(r"their closest approach to the goal cell's centre: \[(.*)\] \(the data's rewards and the "
                            r"termination count a success within 0.45 of it\)$", lines[2]).group(1)
         assert len(closest.split(",")) == 10 - successes and all(float(v) >= 0 for v in closest.split(","))
+        ends = re.findall(r"\(\((-?[\d.]+), (-?[\d.]+)\), \d+\)", lines[0])
+        nearest_end = min(((float(x) - centre[0]) ** 2 + (float(y) - centre[1]) ** 2) ** 0.5 for x, y in ends)
+        assert min(float(v) for v in closest.split(",")) <= nearest_end + 0.08  # an end lies on its path (0.1 rounding)
         moved = re.search(r"imagined steps move the point by \[(.*)\] \(one per elite\)", lines[3]).group(1)
         assert len(moved.split(",")) == 5 and all(float(v) >= 0 for v in moved.split(","))
 

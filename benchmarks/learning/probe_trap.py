@@ -6,9 +6,9 @@ Loads the run's checkpoint and its cached world model, prints how saturated the 
 the evaluation starts, share of dataset states with every |mu| > 3), plays 10 evaluation episodes with the policy,
 and prints the success rate, where each failed episode ended, its goal (the environment draws it around the goal
 cell's centre), and how close it came to that centre (the data's rewards and the termination function use a disc
-around the centre, so a failed episode that came within its radius was a success for the training reward). Then, from rest at
-the most common end point, it rolls the policy for 10 imagined steps through each elite's mean prediction, and
-prints how far each elite moves the point. A policy pinned against a wall stays put in the real maze; a world model
+around the centre, so a failed episode that came within its radius was a success for the training reward). Then,
+from rest at the most common end point, it rolls the policy for 10 imagined steps through each elite's mean
+prediction, and prints how far each elite moves the point. A policy pinned against a wall stays put in the real maze; a world model
 that moves it on leaks through the wall (README, Status).
 """
 
@@ -58,8 +58,8 @@ def main(run_dir: str) -> None:
     failed_goals = [episode_start(task, data, EVAL_SEED + int(i))[1] for i in failed_episodes]
     print("their goals (distance from the end): " + ", ".join(
         f"({goal[0]:.2f}, {goal[1]:.2f}) ({np.linalg.norm(goal - obs[:2]):.2f})" for goal, obs in zip(failed_goals, failed)))
-    print(f"their closest approach to the goal cell's centre: {np.round(closest[failed_episodes], 2).tolist()} (the "
-          f"data's rewards and the termination count a success within {task.goal_radius:g} of it)")
+    print(f"their closest approach to the goal cell's centre: {np.round(closest[failed_episodes], 2).tolist()} "
+          f"({success_radii(args, task)})")
 
     end_x, end_y = Counter(ends).most_common(1)[0][0]
     start = torch.zeros(world_model.num_elites, data.observations.shape[1])
@@ -73,6 +73,15 @@ def main(run_dir: str) -> None:
     moved = (state[:, :2] - start[:, :2]).norm(dim=-1)
     print(f"from rest at ({end_x}, {end_y}), action {np.round(actor(start[:1])[0].detach().numpy(), 2).tolist()}: "
           f"{IMAGINED_STEPS} imagined steps move the point by {np.round(moved.numpy(), 2).tolist()} (one per elite)")
+
+
+def success_radii(args, task) -> str:
+    """Where the training reward counts a success: the data's rewards (the relabelling radius) and the imagined
+    termination (--goal-radius, which defaults to the same radius)."""
+    termination = task.goal_radius if args.goal_radius is None else args.goal_radius
+    if termination == task.goal_radius:
+        return f"the data's rewards and the termination count a success within {task.goal_radius:g} of it"
+    return f"the data's rewards count a success within {task.goal_radius:g} of it, the termination within {termination:g}"
 
 
 def actor_saturation(actor, task, data) -> str:
