@@ -8,8 +8,8 @@ and prints the success rate, where each failed episode ended, its goal (the envi
 cell's centre), and how close it came to that centre (the data's rewards and the termination function use a disc
 around the centre, so a failed episode that came within its radius was a success for the training reward). Then,
 from rest at the most common end point, it rolls the policy for 10 imagined steps through each elite's mean
-prediction, and prints how far each elite moves the point. A policy pinned against a wall stays put in the real maze; a world model
-that moves it on leaks through the wall (README, Status).
+prediction, and prints how far each elite moves the point. A policy pinned against a wall stays put in the real
+maze; a world model that moves it on leaks through the wall (README, Status).
 """
 
 import sys
@@ -38,7 +38,8 @@ def main(run_dir: str) -> None:
     actor.load_state_dict(checkpoint["actor"])
     world_model, _ = L.load_world_model(L.world_model_cache(args, data.fingerprint), data.fingerprint, "cpu")
 
-    print(actor_saturation(actor, task, data))
+    starts, goals = zip(*(episode_start(task, data, EVAL_SEED + i) for i in range(EPISODES)))
+    print(actor_saturation(actor, np.stack(starts), data))
     centre = L.maze_goal_centre(task, data.maze_frame, data.source.removeprefix("minari:"))
     closest = np.full(EPISODES, np.inf)
     policy = L.numpy_policy(actor, "cpu")
@@ -55,9 +56,10 @@ def main(run_dir: str) -> None:
           f"{Counter(ends).most_common()}")
     if not ends:
         return
-    failed_goals = [episode_start(task, data, EVAL_SEED + int(i))[1] for i in failed_episodes]
+    failed_goals = [goals[i] for i in failed_episodes]
     print("their goals (distance from the end): " + ", ".join(
-        f"({goal[0]:.2f}, {goal[1]:.2f}) ({np.linalg.norm(goal - obs[:2]):.2f})" for goal, obs in zip(failed_goals, failed)))
+        f"({goal[0]:.2f}, {goal[1]:.2f}) ({np.linalg.norm(goal - obs[:2]):.2f})"
+        for goal, obs in zip(failed_goals, failed)))
     print(f"their closest approach to the goal cell's centre: {np.round(closest[failed_episodes], 2).tolist()} "
           f"({success_radii(args, task)})")
 
@@ -71,8 +73,9 @@ def main(run_dir: str) -> None:
         for _ in range(IMAGINED_STEPS):
             state, _ = L.transition(world_model, state, actor(state), each_elite, no_noise)
     moved = (state[:, :2] - start[:, :2]).norm(dim=-1)
-    print(f"from rest at ({end_x}, {end_y}), action {np.round(actor(start[:1])[0].detach().numpy(), 2).tolist()}: "
-          f"{IMAGINED_STEPS} imagined steps move the point by {np.round(moved.numpy(), 2).tolist()} (one per elite)")
+    action = np.round(actor(start[:1])[0].detach().double().numpy(), 2).tolist()  # float64: prints as rounded
+    print(f"from rest at ({end_x}, {end_y}), action {action}: {IMAGINED_STEPS} imagined steps move the point by "
+          f"{np.round(moved.double().numpy(), 2).tolist()} (one per elite)")
 
 
 def success_radii(args, task) -> str:
@@ -81,16 +84,16 @@ def success_radii(args, task) -> str:
     termination = task.goal_radius if args.goal_radius is None else args.goal_radius
     if termination == task.goal_radius:
         return f"the data's rewards and the termination count a success within {task.goal_radius:g} of it"
-    return f"the data's rewards count a success within {task.goal_radius:g} of it, the termination within {termination:g}"
+    return (f"the data's rewards count a success within {task.goal_radius:g} of it, the termination within "
+            f"{termination:g}")
 
 
-def actor_saturation(actor, task, data) -> str:
+def actor_saturation(actor, starts: np.ndarray, data) -> str:
     """How deep a = tanh(mu(s)) sits in tanh's flat tails: mean mu at the evaluation starts, and the share of
     dataset states where every |mu| > 3 (tanh' < 0.01 there, so little gradient reaches mu)."""
-    starts = torch.as_tensor(np.stack([episode_start(task, data, EVAL_SEED + i)[0] for i in range(EPISODES)]))
     rows = np.random.default_rng(0).choice(len(data), min(SATURATION_STATES, len(data)), replace=False)
     with torch.no_grad():
-        mu_starts, mu_data = actor.mu(starts), actor.mu(torch.as_tensor(data.observations[rows]))
+        mu_starts, mu_data = actor.mu(torch.as_tensor(starts)), actor.mu(torch.as_tensor(data.observations[rows]))
     share = (mu_data.abs() > SATURATED_MU).all(dim=1).float().mean().item()
     mean_mu = ", ".join(f"{v:.1f}" for v in mu_starts.mean(dim=0).tolist())
     return (f"actor mu: [{mean_mu}] at the starts (mean); every "
