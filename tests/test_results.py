@@ -58,3 +58,43 @@ def test_globs_select_run_dirs_and_a_missing_dir_is_a_clear_error(tmp_path):
         results.find_run_dirs([str(tmp_path / "nope")])
     with pytest.raises(SystemExit, match="no run dirs"):
         results.find_run_dirs([str(tmp_path / "runs" / "antmaze-umaze__x" / "eval.csv")])
+
+
+def test_learning_rules_judge_the_protocol_and_the_long_runs(tmp_path, capsys):
+    """benchmarks/learning/learning_rules.py: issue 13's rules, checked by hand on known scores. Protocol: mean
+    final >= 60 and at most one seed below BC + 30. Long run (>= 20,000 steps): final >= 0.8 x best (the final
+    included) and >= its score at step 2000."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks" / "learning"))
+    import learning_rules
+
+    def write(name, seed, steps, curve, final, bc):
+        write_run(tmp_path / name, "run", "pointmaze-medium-diverse", seed, curve, final=final, bc=bc,
+                  total_steps=steps)
+
+    write("p1", 1, 8000, [(1000, 30.0), (2000, 70.0)], 54.0, 2.0)
+    write("p2", 2, 8000, [(1000, 0.0), (2000, 0.0)], 100.0, 0.0)
+    write("p3", 3, 8000, [(1000, 10.0), (2000, 20.0)], 40.0, 12.0)  # 40 < 12 + 30: the one seed allowed below
+    text = learning_rules.main([str(tmp_path / name) for name in ("p1", "p2", "p3")])
+    assert text.splitlines()[-1] == ("protocol rule: PASS: mean final 64.7 over 3 seeds (needs >= 60); below BC + 30: "
+                                     "seed 3 (40 < BC 12 + 30) (at most 1)")
+    write("p4", 4, 8000, [(1000, 10.0)], 30.0, 0.0)  # a second seed below BC + 30, and the mean drops to 56
+    assert learning_rules.main([str(tmp_path / f"p{i}") for i in range(1, 5)]).splitlines()[-1].startswith(
+        "protocol rule: FAIL: mean final 56.0 over 4 seeds")
+
+    write("l1", 1, 20000, [(1000, 30.0), (2000, 70.0), (3000, 100.0)], 80.0, 2.0)  # 80 = 0.8 x 100: passes
+    write("l2", 2, 20000, [(1000, 30.0), (2000, 70.0), (3000, 100.0)], 74.0, 0.0)  # 74 < 80
+    write("l3", 3, 20000, [(1000, 50.0), (2000, 65.0), (3000, 60.0)], 60.0, 0.0)  # best 65 (52 ok), 60 < 65 at 2k
+    write("l4", 4, 20000, [(1000, 0.0), (3000, 0.0)], 90.0, 0.0)  # the final is its best; no 2k evaluation
+    lines = learning_rules.main([str(tmp_path / f"l{i}") for i in range(1, 5)]).splitlines()
+    assert lines[0] == ("seed   1 |   20000 steps | evaluations 30 70 100 | final 80 | BC 2 | run")
+    assert lines[4:] == [
+        "long-run rule, seed 1: PASS: final 80 >= 80 and >= 70",
+        "long-run rule, seed 2: FAIL: final 74 < 0.8 x best 100",
+        "long-run rule, seed 3: FAIL: final 60 < its 2000-step score 65",
+        "long-run rule, seed 4: FAIL: no evaluation at step 2000",
+        "long-run rule: 1 of 4 runs pass",
+    ]
+    write_run(tmp_path / "u1", "run", "pointmaze-medium-diverse", 5, [(1000, 40.0)], total_steps=8000)
+    assert learning_rules.main([str(tmp_path / "u1")]) == (
+        "seed   5 |    8000 steps | evaluations 40 | final unfinished | BC - | run")
+    capsys.readouterr()
