@@ -63,12 +63,11 @@ def main(argv: list) -> str:
     if short:
         passes, reason = protocol_verdict(short)
         lines.append(f"protocol rule: {'PASS' if passes else 'FAIL'}: {reason}")
-    for run in long:
-        passes, reason = long_run_verdict(run["curve"], run["final"])
+    verdicts = [long_run_verdict(run["curve"], run["final"]) for run in long]
+    for run, (passes, reason) in zip(long, verdicts):
         lines.append(f"long-run rule, seed {run['config']['args']['seed']}: {'PASS' if passes else 'FAIL'}: {reason}")
     if long:
-        passed = sum(long_run_verdict(run["curve"], run["final"])[0] for run in long)
-        lines.append(f"long-run rule: {passed} of {len(long)} runs pass")
+        lines.append(f"long-run rule: {sum(passes for passes, _ in verdicts)} of {len(long)} runs pass")
     text = "\n".join(lines)
     print(text)
     return text
