@@ -108,6 +108,9 @@ class Args:
     relabel_radius: float | None = None
     """maze goal radius that relabels Minari and generated maze data's rewards, and the termination's default
     (None = the task's: antmaze 0.5, pointmaze 0.45, the environments' success radii); D4RL hdf5 files keep theirs"""
+    imagined_reward: Literal["model", "goal"] = "model"
+    """where imagined steps take their reward: the world model's reward head (paper), or, on mazes, the data's own
+    rule applied to the imagined next state (1 inside the relabelling disc, 0 outside; README Status)"""
     actor_scaler: Literal["fixed", "trainable"] = "fixed"
     """the actor's input mean/std: fixed dataset statistics, or parameters trained by BC and LEQ as in the
     authors' code (not yet compared with fixed: README Status)"""
@@ -355,11 +358,14 @@ class ExpansionBuffer:
         self.expansions = state["expansions"]
 
 
-def make_model_transition(world_model, routing: str, reward_scale: float, reward_shift: float):
-    """(obs, act) -> (next_obs, reward on the training scale): one reparameterised draw of the world model."""
+def make_model_transition(world_model, routing: str, reward_scale: float, reward_shift: float, goal_reward=None):
+    """(obs, act) -> (next_obs, reward on the training scale): one reparameterised draw of the world model.
+    goal_reward: None (the model's reward) or fn(obs, act, next_obs) -> bool [B], the raw reward's 1s."""
 
     def step(obs, act):
         next_obs, reward = sample_step(world_model, obs, act, routing)
+        if goal_reward is not None:
+            reward = goal_reward(obs, act, next_obs).to(reward.dtype)
         return next_obs, reward * reward_scale + reward_shift
 
     return step
@@ -731,6 +737,9 @@ def check_args(args: Args) -> torch.device:
         refuse([f"--relabel-radius relabels Minari or generated maze data; {args.env_id} with "
                 f"{args.dataset_path or 'its default data'} keeps the rewards it has. Drop the flag (use "
                 f"--goal-radius for the termination alone)."])
+    if args.imagined_reward == "goal" and task.maze is None:
+        refuse([f"--imagined-reward goal computes a maze's goal reward; {args.env_id} is not a maze task. Drop the "
+                f"flag (its rewards come from the world model)."])
     return device
 
 
@@ -809,7 +818,8 @@ def main(args: Args) -> dict:
 
     seed_everything(args.seed)  # the LEQ loop draws the same numbers whether the models were cached or not
     tracker = init_tracking(args, run_name)
-    transition = make_model_transition(world_model, args.routing, data.reward_scale, data.reward_shift)
+    goal_reward = make_termination_fn(task, data) if args.imagined_reward == "goal" else None  # the data's disc
+    transition = make_model_transition(world_model, args.routing, data.reward_scale, data.reward_shift, goal_reward)
     terminated = make_termination_fn(task, data, args.goal_radius)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=torch.tensor(args.actor_lr, device=device))
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)

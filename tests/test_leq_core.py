@@ -255,6 +255,23 @@ def test_cosine_actor_lr_decays_to_zero_in_a_device_tensor():
     torch.testing.assert_close(cosine_lr(3e-5, steps, 100), torch.tensor([3e-5, 1.5e-5, 0.0, 0.0]))
 
 
+def test_goal_reward_replaces_the_model_reward_with_the_rule_on_the_imagined_next_state():
+    """--imagined-reward goal: the same next state as the model's draw (same random numbers), reward 1 where the
+    goal rule holds for it and 0 elsewhere, then the data's scale and shift; the model's reward is ignored."""
+    obs_dim, act_dim, n = 3, 2, 256
+    world_model = EnsembleDynamics(obs_dim, act_dim, hidden_dims=(16, 16), weight_decays=(0, 0, 0)).requires_grad_(False)
+    obs, act = torch.randn(n, obs_dim), torch.rand(n, act_dim) * 2 - 1
+    in_goal = lambda s, a, s_next: s_next[:, 0] > 0.0
+    torch.manual_seed(3)
+    model_next, model_reward = make_model_transition(world_model, "exact", 2.0, -1.0)(obs, act)
+    torch.manual_seed(3)
+    goal_next, goal_reward = make_model_transition(world_model, "exact", 2.0, -1.0, in_goal)(obs, act)
+    torch.testing.assert_close(goal_next, model_next)
+    expected = torch.where(model_next[:, 0] > 0.0, 1.0, -1.0)  # 2 * 1 - 1 inside, 2 * 0 - 1 outside
+    torch.testing.assert_close(goal_reward, expected)
+    assert 0 < int((expected > 0).sum()) < n and goal_reward.dtype == model_reward.dtype
+
+
 def test_both_updates_use_the_pre_step_parameters():
     """One update step equals: both losses from copies of the old actor and critic (same random draws), then
     both optimisers step. Stepping one network before the other loss is computed would differ."""

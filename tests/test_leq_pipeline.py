@@ -16,6 +16,7 @@ import leq_state
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks" / "learning"))
 import compass_baseline  # noqa: E402
 import probe_trap  # noqa: E402
+import reward_fit  # noqa: E402
 import start_gradient  # noqa: E402
 
 
@@ -278,3 +279,31 @@ def test_start_gradient_reads_the_cached_models_of_the_same_flags(workdir):
         start_gradient.start_gradient(tiny_args(seed=99))
     with pytest.raises(SystemExit, match="2-D action maze"):
         start_gradient.start_gradient(leq_state.Args(env_id="hopper-random"))
+
+
+def test_reward_fit_bands_the_dataset_by_distance_and_averages_the_elites(workdir):
+    """benchmarks/learning/reward_fit.py: the bands cover every transition once, the data's reward is 1 inside
+    the relabelling disc and 0 outside, and the model's prediction is the elites' mean reward (checked one elite
+    at a time through transition() with zero noise)."""
+    args = tiny_args(exp_name="rewardfit", total_steps=2)
+    leq_state.main(args)
+    rows = reward_fit.reward_fit(args)
+    data = leq_state.load_dataset(leq_state.task_of(args), args.dataset_path)
+    assert len(rows) == 4 and sum(count for _, count, _, _ in rows) == len(data)
+    inside, *outside = rows
+    assert inside[1] == 0 or inside[2] == 1.0
+    assert all(data_reward == 0.0 for _, count, data_reward, _ in outside if count)
+    world_model, _ = leq_state.load_world_model(leq_state.world_model_cache(args, data.fingerprint),
+                                                data.fingerprint, "cpu")
+    obs, act = torch.as_tensor(data.observations[:7]), torch.as_tensor(data.actions[:7])
+    no_noise = torch.zeros(7, obs.shape[1] + 1)
+    with torch.no_grad():
+        per_elite = [leq_state.transition(world_model, obs, act, torch.full((7,), k), no_noise)[1]
+                     for k in range(world_model.num_elites)]
+    expected = torch.stack(per_elite).mean(0).double().numpy()
+    predicted = reward_fit.predicted_reward(world_model, data.observations[:7], data.actions[:7])
+    assert abs(predicted - expected).max() < 1e-6
+    with pytest.raises(SystemExit, match="run leq_state.py with the same flags first"):
+        reward_fit.reward_fit(tiny_args(seed=99))
+    with pytest.raises(SystemExit, match="needs a maze task"):
+        reward_fit.reward_fit(leq_state.Args(env_id="hopper-random"))

@@ -196,11 +196,13 @@ def test_relabel_radius_sets_the_rewards_and_the_termination_default(minari_root
     assert done.tolist() == [True, False, False]  # 0.25 from the goal: outside 0.2, inside the default 0.5
 
 
-def test_relabel_radius_is_refused_where_there_is_nothing_to_relabel():
+def test_maze_reward_flags_are_refused_off_the_mazes():
     import leq_state
 
     with pytest.raises(SystemExit, match="--relabel-radius relabels Minari or generated maze data; hopper-random"):
         leq_state.check_args(leq_state.Args(env_id="hopper-random", device="cpu", relabel_radius=0.25))
+    with pytest.raises(SystemExit, match="--imagined-reward goal computes a maze's goal reward; hopper-random"):
+        leq_state.check_args(leq_state.Args(env_id="hopper-random", device="cpu", imagined_reward="goal"))
 
 
 def test_minari_mujoco_dataset_keeps_its_v5_eval_env(minari_root):
