@@ -64,7 +64,8 @@ def reward_fit(args: L.Args) -> list[tuple[str, int, float, float]]:
 def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     args = L.parse_args(argv)
-    print(f"{args.env_id} seed {args.seed}, world model of {args.world_model_max_epochs or 'early-stop'} epochs: "
+    epochs = f"{args.world_model_max_epochs} epochs" if args.world_model_max_epochs else "its early stop"
+    print(f"{args.env_id} seed {args.seed}, world model trained to {epochs}: "
           "mean reward by the next state's distance from the goal cell's centre (data | model)")
     for name, count, data_reward, model_reward in reward_fit(args):
         print(f"  {name:>28}: {count:>7} transitions, data {data_reward:.2f} | model {model_reward:.2f}")
