@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ import compass_baseline  # noqa: E402
 import probe_trap  # noqa: E402
 import reward_fit  # noqa: E402
 import start_gradient  # noqa: E402
+import wall_leak  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -307,3 +309,30 @@ def test_reward_fit_bands_the_dataset_by_distance_and_averages_the_elites(workdi
         reward_fit.reward_fit(tiny_args(seed=99))
     with pytest.raises(SystemExit, match="needs a maze task"):
         reward_fit.reward_fit(leq_state.Args(env_id="hopper-random"))
+
+
+def test_wall_leak_finds_every_face_and_corner_and_projects_each_elites_motion(workdir):
+    """benchmarks/learning/wall_leak.py: one contact per wall face and per corner of two faces (checked on a
+    corridor by hand), and with a model whose every elite predicts a constant step d_e, the leak after
+    IMAGINED_STEPS steps is IMAGINED_STEPS * d_e projected on the unit push into the wall."""
+    corridor = [[1, 1, 1, 1], [1, 0, 0, 1], [1, 1, 1, 1]]
+    contacts = wall_leak.contact_points(corridor)
+    assert sorted((cell, where) for where, cell, _ in contacts) == sorted(
+        [((1, 1), w) for w in ("north", "south", "west", "north-west", "south-west")]
+        + [((1, 2), w) for w in ("north", "south", "east", "north-east", "south-east")])
+    task = leq_state.task_of(tiny_args())
+    model = leq_state.EnsembleDynamics(task.obs_dim, task.act_dim, num_members=3, num_elites=2)
+    steps = torch.tensor([[0.01, -0.02], [-0.03, 0.005], [9.0, 9.0]])  # member 2 is not an elite
+    with torch.no_grad():
+        for weight in model.weights:
+            weight.zero_()
+        model.biases[-1][:, 0, :2] = steps
+    leak = wall_leak.leak_into_walls(model, task, contacts)
+    pushes = torch.tensor(np.stack([push for _, _, push in contacts]), dtype=torch.float32)
+    unit = pushes / pushes.norm(dim=1, keepdim=True)
+    expected = wall_leak.IMAGINED_STEPS * unit @ steps[:2].T
+    assert leak.shape == (len(contacts), 2) and abs(leak - expected.double().numpy()).max() < 1e-5
+    with pytest.raises(SystemExit, match="run leq_state.py with the same flags first"):
+        wall_leak.wall_leak(tiny_args(seed=98))
+    with pytest.raises(SystemExit, match="use a pointmaze-\\* task"):
+        wall_leak.wall_leak(leq_state.Args(env_id="antmaze-umaze-diverse"))
