@@ -44,6 +44,9 @@ class Args:
     random_action_share: float | None = None
     """pointmaze: share of the steps collected as uniform-random-action episodes (wall contacts; README Status);
     None = the default 0.2; 0 restores Minari-style planner-only data, written under the -v1 id"""
+    random_action_hold: float = 1.0
+    """pointmaze: mean number of steps each random action is held (a new one with probability 1/hold per step); 1 =
+    a new action every step (the default data); longer holds press the point into walls and corners at rest"""
 
 
 def main(args: Args) -> None:
@@ -56,7 +59,10 @@ def main(args: Args) -> None:
     share = POINTMAZE_RANDOM_ACTION_SHARE if args.random_action_share is None else args.random_action_share
     if not 0.0 <= share < 1.0:
         raise SystemExit(f"--random-action-share must be in [0, 1), got {share}.")
-    dataset_id = generate_dataset(task, args.steps, args.seed, args.force, args.dataset_id, share)
+    if not args.random_action_hold >= 1.0:
+        raise SystemExit(f"--random-action-hold is a mean number of steps, at least 1; got {args.random_action_hold}.")
+    dataset_id = generate_dataset(task, args.steps, args.seed, args.force, args.dataset_id, share,
+                                  args.random_action_hold)
     elapsed = time.perf_counter() - start
     print(f"wrote {minari_root() / dataset_id} in {elapsed:.1f} s ({1e6 * elapsed / args.steps:.0f} us/step)")
     data = load_dataset(task, dataset_id)
@@ -672,12 +678,14 @@ RANDOM_EPISODE_STEPS = 500  # length of each random-action episode, from a rando
 # ---- datasets this project generates -----------------------------------------------------------------------------
 
 def generate_dataset(task: Task, steps: int = GENERATED_STEPS, seed: int = 0, force: bool = False,
-                     dataset_id: str | None = None, random_action_share: float = POINTMAZE_RANDOM_ACTION_SHARE) -> str:
+                     dataset_id: str | None = None, random_action_share: float = POINTMAZE_RANDOM_ACTION_SHARE,
+                     random_action_hold: float = 1.0) -> str:
     """Collect `steps` transitions in the real environment and store them as a Minari dataset; returns its id.
 
     pointmaze-*: cell planner + PD controller with action noise (D4RL/Minari style), a new goal at each success,
     then `random_action_share` of the steps as uniform-random-action episodes from random resets (the wall contacts
-    the world model needs; 0 gives Minari-style data, stored under the -v1 id);
+    the world model needs; 0 gives Minari-style data, stored under the -v1 id), each random action held for
+    `random_action_hold` steps on average;
     {hopper,walker2d,halfcheetah}-random: uniform random actions in the gymnasium v4 env (D4RL's layout);
     antmaze-*: uniform random actions in gymnasium-robotics' AntMaze (for tests only: no ant controller here)."""
     if task.family == "pointmaze" or (task.family == "locomotion" and task.level == "random"):
@@ -690,7 +698,11 @@ def generate_dataset(task: Task, steps: int = GENERATED_STEPS, seed: int = 0, fo
                                      f"({POINTMAZE_RANDOM_ACTION_SHARE}) nor 0 (Minari-style): name the dataset with "
                                      f"--dataset-id.")
                 dataset_id = dataset_id.removesuffix("-v2") + "-v1"
-            collect = lambda task, steps, seed: collect_pointmaze(task, steps, seed, random_action_share)
+            if random_action_hold != 1.0 and dataset_id == task.default_dataset:
+                raise SystemExit(f"--random-action-hold {random_action_hold} changes the default data: name the "
+                                 f"dataset with --dataset-id.")
+            collect = lambda task, steps, seed: collect_pointmaze(task, steps, seed, random_action_share,
+                                                                  random_action_hold)
     elif task.family == "antmaze":
         dataset_id = dataset_id or f"{GENERATED_NAMESPACE}/antmaze/{task.maze}-random-v0"
         collect = collect_antmaze_random
@@ -788,14 +800,16 @@ class MazePlanner:
         return waypoint - rng.uniform(0.0, 0.2, 2)
 
 
-def collect_pointmaze(task: Task, steps: int, seed: int, random_action_share: float = 0.0):
+def collect_pointmaze(task: Task, steps: int, seed: int, random_action_share: float = 0.0,
+                      random_action_hold: float = 1.0):
     """PointMaze driven as Minari's pointmaze data: PD control a = 10 (waypoint - xy) - v + N(0, 0.5^2) toward
     each waypoint of a shortest cell path (MazePlanner.next_waypoint), held until the point is within 0.1 of it.
     Holding each waypoint makes the point overshoot at turns and touch walls; without that contact data the world
     model cannot learn that walls stop the point. The env draws a new goal at each
     success, and an episode ends there (or after max_episode_steps without success, when the env is reset).
     The last `random_action_share` of the steps are uniform-random-action episodes of RANDOM_EPISODE_STEPS steps,
-    each from a random reset: they press into walls and corners that the planner's paths never touch."""
+    each from a random reset: they press into walls and corners that the planner's paths never touch. Each random
+    action is held for `random_action_hold` steps on average (a new one with probability 1 / hold at each step)."""
     from tqdm import tqdm
 
     layout = [list(row) for row in MAZE_LAYOUTS[task.maze]]
@@ -834,21 +848,25 @@ def collect_pointmaze(task: Task, steps: int, seed: int, random_action_share: fl
     summary = (f"planner+PD: {planner_steps} steps, {len(episodes)} episodes; the controller reached its goal in "
                f"{reached} of {reached + timed_out} finished episodes ({100 * rate:.1f}%)")
     if planner_steps < steps:
-        random_episodes = random_maze_episodes(env, steps - planner_steps, rng, seed, first_index=len(episodes))
+        random_episodes = random_maze_episodes(env, steps - planner_steps, rng, seed, len(episodes), random_action_hold)
         episodes += random_episodes
-        summary += f"; then uniform random actions: {steps - planner_steps} steps, {len(random_episodes)} episodes"
+        summary += (f"; then uniform random actions (each held {random_action_hold:g} steps on average): "
+                    f"{steps - planner_steps} steps, {len(random_episodes)} episodes")
     return episodes, env, summary
 
 
-def random_maze_episodes(env, steps: int, rng: np.random.Generator, seed: int, first_index: int) -> list:
-    """Episodes of uniform random actions, each RANDOM_EPISODE_STEPS long (the last one shorter) from a new reset."""
+def random_maze_episodes(env, steps: int, rng: np.random.Generator, seed: int, first_index: int,
+                         hold: float = 1.0) -> list:
+    """Episodes of uniform random actions, each RANDOM_EPISODE_STEPS long (the last one shorter) from a new reset;
+    each action is kept for `hold` steps on average (hold 1 draws no extra random numbers: the default data)."""
     episodes = []
     for begin in range(0, steps, RANDOM_EPISODE_STEPS):
         obs, _ = env.reset()
         episode = _new_maze_episode(obs)
         length = min(RANDOM_EPISODE_STEPS, steps - begin)
         for t in range(length):
-            action = rng.uniform(-1.0, 1.0, 2).astype(np.float32)
+            if t == 0 or hold == 1.0 or rng.random() < 1.0 / hold:
+                action = rng.uniform(-1.0, 1.0, 2).astype(np.float32)
             obs, reward, terminated, _, _ = env.step(action)
             _append_maze_step(episode, obs, action, reward, terminated, t == length - 1)
         episodes.append(_episode_buffer(first_index + len(episodes), seed, **episode))

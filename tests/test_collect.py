@@ -126,6 +126,23 @@ def test_pointmaze_random_action_share_adds_wall_contacts(minari_root):
     assert np.mean(near_wall(task, xy(random_part), 0.15)) > 3 * np.mean(near_wall(task, xy(planner_only), 0.15))
 
 
+def test_pointmaze_random_action_hold_keeps_each_random_action_for_hold_steps_on_average(minari_root):
+    """--random-action-hold H: a new random action with probability 1/H per step (about 1/H of the steps change
+    it); H = 1 (the default) draws a new one at every step; a held default dataset is refused without an id."""
+    task = cd.get_task("pointmaze-medium-diverse")
+    held, env, summary = cd.collect_pointmaze(task, 4000, seed=2, random_action_share=0.5, random_action_hold=20)
+    env.close()
+    actions = np.concatenate([episode.actions for episode in held[-4:]])
+    change_rate = np.mean(np.any(actions[1:] != actions[:-1], axis=1))
+    assert 0.02 < change_rate < 0.08 and "held 20 steps" in summary  # 1/20, allowing for 2000 draws
+    default, env, _ = cd.collect_pointmaze(task, 1000, seed=2, random_action_share=0.5)
+    env.close()
+    actions = default[-1].actions
+    assert np.all(np.any(actions[1:] != actions[:-1], axis=1))  # hold 1: a new action at every step
+    with pytest.raises(SystemExit, match="--dataset-id"):
+        cd.generate_dataset(task, steps=300, random_action_hold=20)
+
+
 def test_pointmaze_share_zero_writes_the_minari_style_v1_id(minari_root):
     task = cd.get_task("pointmaze-umaze-diverse")
     assert cd.generate_dataset(task, steps=300, random_action_share=0.0) == "leq/pointmaze/umaze-diverse-v1"
