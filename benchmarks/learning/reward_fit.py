@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import leq_state as L  # noqa: E402
+from cached_models import cached_world_model  # noqa: E402
 
 SAMPLES_PER_BAND, SAMPLE_SEED = 2000, 0
 RINGS, FAR = ((1.0, 1.5), (1.5, 2.2)), 2.2  # bands outside the disc, in multiples of its radius
@@ -36,11 +37,7 @@ def reward_fit(args: L.Args) -> list[tuple[str, int, float, float]]:
     if task.maze is None:
         raise SystemExit(f"{args.env_id}: the reward-fit probe needs a maze task (antmaze-* or pointmaze-*).")
     data = L.load_dataset(task, args.dataset_path)
-    path = L.world_model_cache(args, data.fingerprint)
-    if not path.is_file():
-        raise SystemExit(f"{path} does not exist: run leq_state.py with the same flags first (it trains and caches "
-                         f"the world model).")
-    world_model, _ = L.load_world_model(path, data.fingerprint, "cpu")
+    _, world_model = cached_world_model(args, data)
     centre = L.maze_goal_centre(task, data.maze_frame, data.source.removeprefix("minari:"))
     distance = np.linalg.norm(data.next_observations[:, :2] - centre, axis=1)
     radius = task.goal_radius  # the relabelling radius: the data's reward is 1 inside it

@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import leq_state as L  # noqa: E402
+from cached_models import cached_world_model, require_cached  # noqa: E402
 
 EPISODES, ROLLOUTS_PER_START, EVAL_SEED = 20, 50, 100
 
@@ -28,13 +29,9 @@ def start_gradient(args: L.Args) -> dict:
     if task.family != "pointmaze":  # the only maze family with a 2-D action
         raise SystemExit(f"{args.env_id}: the start-gradient probe needs a 2-D action maze task (pointmaze-*).")
     data = L.load_dataset(task, args.dataset_path)
-    world_model_path = L.world_model_cache(args, data.fingerprint)
     pretrain_path = L.pretrain_cache(args, data.fingerprint)
-    for path in (world_model_path, pretrain_path):
-        if not path.is_file():
-            raise SystemExit(f"{path} does not exist: run leq_state.py with the same flags first (it trains and "
-                             f"caches the world model and the BC + FQE checkpoint).")
-    world_model, _ = L.load_world_model(world_model_path, data.fingerprint, "cpu")
+    require_cached(pretrain_path)
+    _, world_model = cached_world_model(args, data)
     actor, critic, _, _ = L.load_pretrain_checkpoint(pretrain_path, data.fingerprint, "cpu")
     env = L.make_eval_env(task, data)
     starts = torch.tensor(np.stack([env.reset(seed=EVAL_SEED + i) for i in range(EPISODES)]), dtype=torch.float32)
