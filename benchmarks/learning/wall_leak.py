@@ -5,10 +5,12 @@
 Loads the world model that `leq_state.py` with the same flags trains and caches (run that first). At every place
 where the point (radius 0.1) touches a wall at rest, on each wall face of every free cell and in every corner where
 two wall faces meet, it pushes straight into the wall with a saturated action for 10 imagined steps through each
-elite's mean prediction, and prints how far each elite carries the point into the wall. The real point does not
-move (it recoils 0.004 at each of the medium maze's 65 contacts; in open space the same 10 steps from rest carry it
-0.13, or 0.18 diagonally: a model that ignores the walls leaks that much). A policy that finds a leak presses into it, because the critic, trained on the leaked imagined states,
-values them like the open cell beyond (README, Status).
+elite's mean prediction, and prints how far each elite carries the point into the wall, for faces, corners and
+pinches (corners where two wall cells touch at one point, with free space diagonally beyond). The real point does
+not move (it recoils 0.004 at each of the medium maze's 65 contacts); in open space the same 10 steps from rest
+carry it 0.13, or 0.18 diagonally, so a model that ignores the walls leaks that much. A policy that finds a leak
+presses into it, because the critic, trained on the leaked imagined states, values them like the open cell beyond
+(README, Status).
 """
 
 import sys
@@ -29,7 +31,9 @@ CORNERS = (("north", "west"), ("north", "east"), ("south", "west"), ("south", "e
 
 
 def contact_points(layout) -> list[tuple[str, tuple[int, int], np.ndarray]]:
-    """[(where, free cell, unit push (x, y))]: one per wall face of each free cell, one per corner of two faces."""
+    """[(where, free cell, push (x, y))]: one per wall face of each free cell, one per corner of two faces ("corner
+    north-west", ...; "pinch north-west" where the cell diagonally beyond is free, so that the free space of two
+    cells comes within 0.28 of itself across the point where their two wall cells touch)."""
     def wall(row, col, name):
         d_row, d_col = DIRECTIONS[name][:2]
         return layout[row + d_row][col + d_col] == 1
@@ -41,8 +45,11 @@ def contact_points(layout) -> list[tuple[str, tuple[int, int], np.ndarray]]:
                 continue
             faces = [name for name in DIRECTIONS if wall(row, col, name)]
             points += [(name, (row, col), np.array(DIRECTIONS[name][2:])) for name in faces]
-            points += [(f"{a}-{b}", (row, col), np.add(DIRECTIONS[a][2:], DIRECTIONS[b][2:]))
-                       for a, b in CORNERS if a in faces and b in faces]
+            for a, b in CORNERS:
+                if a in faces and b in faces:
+                    beyond = layout[row + DIRECTIONS[a][0] + DIRECTIONS[b][0]][col + DIRECTIONS[a][1] + DIRECTIONS[b][1]]
+                    kind = "pinch" if beyond == 0 else "corner"  # pinch: two wall cells that touch at one point
+                    points.append((f"{kind} {a}-{b}", (row, col), np.add(DIRECTIONS[a][2:], DIRECTIONS[b][2:])))
     return points
 
 
@@ -83,10 +90,13 @@ def main(argv: list[str] | None = None) -> None:
     args = L.parse_args(argv)
     path, contacts, leak = wall_leak(args)
     worst = leak.max(axis=1)  # the elite that leaks most: LEQ's rollouts draw each step from a random elite
-    faces = np.array(["-" not in where for where, _, _ in contacts])
+    kinds = np.array([where.split()[0] if "-" in where else "face" for where, _, _ in contacts])
     print(f"{args.env_id} seed {args.seed}, {path.name}: {IMAGINED_STEPS} imagined steps from rest, pushing into the "
           f"wall (the real point does not move); the most-leaking elite's distance into the wall")
-    for name, chosen in (("wall faces", faces), ("corners", ~faces)):
+    for name, kind in (("wall faces", "face"), ("corners", "corner"), ("pinches", "pinch")):
+        chosen = kinds == kind
+        if not chosen.any():
+            continue
         values = worst[chosen]
         print(f"  {name:>10} ({chosen.sum():>3}): mean {values.mean():.3f}, median {np.median(values):.3f}, "
               f"max {values.max():.3f}, over 0.05: {(values > 0.05).sum()}")
