@@ -47,8 +47,9 @@ def contact_points(layout) -> list[tuple[str, tuple[int, int], np.ndarray]]:
             points += [(name, (row, col), np.array(DIRECTIONS[name][2:])) for name in faces]
             for a, b in CORNERS:
                 if a in faces and b in faces:
-                    beyond = layout[row + DIRECTIONS[a][0] + DIRECTIONS[b][0]][col + DIRECTIONS[a][1] + DIRECTIONS[b][1]]
-                    kind = "pinch" if beyond == 0 else "corner"  # pinch: two wall cells that touch at one point
+                    d_row, d_col = DIRECTIONS[a][0] + DIRECTIONS[b][0], DIRECTIONS[a][1] + DIRECTIONS[b][1]
+                    beyond_is_free = layout[row + d_row][col + d_col] == 0  # then the two wall cells touch at a point
+                    kind = "pinch" if beyond_is_free else "corner"
                     points.append((f"{kind} {a}-{b}", (row, col), np.add(DIRECTIONS[a][2:], DIRECTIONS[b][2:])))
     return points
 
