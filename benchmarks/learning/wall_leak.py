@@ -31,9 +31,10 @@ CORNERS = (("north", "west"), ("north", "east"), ("south", "west"), ("south", "e
 
 
 def contact_points(layout) -> list[tuple[str, tuple[int, int], np.ndarray]]:
-    """[(where, free cell, push (x, y))]: one per wall face of each free cell, one per corner of two faces ("corner
-    north-west", ...; "pinch north-west" where the cell diagonally beyond is free, so that the free space of two
-    cells comes within 0.28 of itself across the point where their two wall cells touch)."""
+    """[(where, free cell, push (x, y))]: one per wall face of each free cell ("face north", ...), one per corner of
+    two faces ("corner north-west", ...; "pinch north-west" where the cell diagonally beyond is free, so that the
+    free space of two cells comes within 0.28 of itself across the point where their two wall cells touch). The
+    first word of `where` is the kind."""
     def wall(row, col, name):
         d_row, d_col = DIRECTIONS[name][:2]
         return layout[row + d_row][col + d_col] == 1
@@ -44,7 +45,7 @@ def contact_points(layout) -> list[tuple[str, tuple[int, int], np.ndarray]]:
             if cell == 1:
                 continue
             faces = [name for name in DIRECTIONS if wall(row, col, name)]
-            points += [(name, (row, col), np.array(DIRECTIONS[name][2:])) for name in faces]
+            points += [(f"face {name}", (row, col), np.array(DIRECTIONS[name][2:])) for name in faces]
             for a, b in CORNERS:
                 if a in faces and b in faces:
                     d_row, d_col = DIRECTIONS[a][0] + DIRECTIONS[b][0], DIRECTIONS[a][1] + DIRECTIONS[b][1]
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     args = L.parse_args(argv)
     path, contacts, leak = wall_leak(args)
     worst = leak.max(axis=1)  # the elite that leaks most: LEQ's rollouts draw each step from a random elite
-    kinds = np.array([where.split()[0] if "-" in where else "face" for where, _, _ in contacts])
+    kinds = np.array([where.split()[0] for where, _, _ in contacts])
     print(f"{args.env_id} seed {args.seed}, {path.name}: {IMAGINED_STEPS} imagined steps from rest, pushing into the "
           f"wall (the real point does not move); the most-leaking elite's distance into the wall")
     for name, kind in (("wall faces", "face"), ("corners", "corner"), ("pinches", "pinch")):
