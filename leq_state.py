@@ -162,7 +162,7 @@ PRESETS = {
         env_id="pointmaze-medium-diverse", total_steps=8000, ema_rate=0.05, batch_size=64, model_batch_size=64,
         expansion_interval=500, expansion_size=5000, world_model_max_epochs=3,
         bc_steps=3000, bc_batch_size=512, fqe_steps=50_000,
-        eval_interval=1000, eval_episodes=20, final_eval_episodes=50, log_interval=500, checkpoint_interval=1000,
+        eval_interval=1000, eval_episodes=20, final_eval_episodes=100, log_interval=500, checkpoint_interval=1000,
     ),
 }
 
@@ -435,6 +435,13 @@ def numpy_policy(actor, device):
         return actor(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
 
     return act
+
+
+def evaluation_seed(run_seed: int, step: int) -> int:
+    """The seed of the first episode of the evaluation at `step` (evaluate() resets episode i with it + i). Drawn
+    from (run seed, step) so that runs of neighbouring seeds, and evaluations of one run, play independent
+    episodes; the LEQ and BC policies of one step play the same ones."""
+    return int(np.random.SeedSequence([run_seed, step]).generate_state(1)[0])
 
 
 def save_leq_checkpoint(path, step: int, run_name: str, fingerprint: str, args, modules: dict, buffer, history) -> None:
@@ -859,7 +866,8 @@ def main(args: Args) -> dict:
 
     def evaluate_policy(policy_actor, policy: str, episodes: int, step: int) -> dict:
         """One evaluation as an eval.csv row: {step, policy, episodes, mean, std} (scores x100)."""
-        result = evaluate(task, data, numpy_policy(policy_actor, device), episodes, seed=args.seed + step)
+        result = evaluate(task, data, numpy_policy(policy_actor, device), episodes,
+                          seed=evaluation_seed(args.seed, step))
         return {"step": step, "policy": policy, "episodes": episodes, "mean": float(result["mean"]),
                 "std": float(result["std"])}
 

@@ -185,6 +185,16 @@ def run_dir_of(exp_name: str) -> str:
     return os.path.join("runs", run_dir)
 
 
+def test_evaluations_of_neighbouring_seeds_and_steps_play_disjoint_episodes():
+    """Episode i of an evaluation resets with evaluation_seed(run seed, step) + i: runs of seeds 1-20, evaluated
+    every 1000 steps up to 20k with 100 episodes, never share an episode (seed + step + i shared 99 of 100)."""
+    ranges = sorted((leq_state.evaluation_seed(seed, step), seed, step)
+                    for seed in range(1, 21) for step in range(1000, 20_001, 1000))
+    assert len({first for first, _, _ in ranges}) == len(ranges)
+    assert all(b[0] - a[0] >= 100 for a, b in zip(ranges, ranges[1:]))
+    assert leq_state.evaluation_seed(3, 8000) == leq_state.evaluation_seed(3, 8000)  # LEQ and BC finals pair up
+
+
 def test_run_records_config_and_every_evaluation(workdir):
     leq_state.main(tiny_args(exp_name="records", eval_interval=20))
     run_dir = run_dir_of("records")
