@@ -276,6 +276,19 @@ def test_compass_baseline_scores_the_eight_constant_pushes(workdir):
         compass_baseline.compass_scores("hopper-random", episodes=1, seed=0)
 
 
+def test_compass_baseline_plays_the_episodes_of_a_runs_evaluation(workdir, monkeypatch, capsys):
+    """--run-seed S --step T plays the episodes leq_state.py's evaluation of seed S at step T played; one of the
+    two alone is refused."""
+    seeds = []
+    monkeypatch.setattr(compass_baseline, "compass_scores",
+                        lambda env_id, episodes, seed, path: seeds.append(seed) or [])
+    compass_baseline.main(["pointmaze-umaze-diverse", "--run-seed", "3", "--step", "8000"])
+    assert seeds == [leq_state.evaluation_seed(3, 8000)]
+    with pytest.raises(SystemExit):
+        compass_baseline.main(["pointmaze-umaze-diverse", "--run-seed", "3"])
+    assert "go together" in capsys.readouterr().err
+
+
 def test_start_gradient_reads_the_cached_models_of_the_same_flags(workdir):
     """benchmarks/learning/start_gradient.py: at the U-maze's evaluation start, a unit g_0 direction, the BC action
     and one FQE value per compass direction, from the caches leq_state.py wrote for the same arguments."""

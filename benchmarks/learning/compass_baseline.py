@@ -1,9 +1,11 @@
 """How far does a policy get on a maze task without looking at the state? Scores the 8 constant-action policies.
 
-    python benchmarks/learning/compass_baseline.py pointmaze-medium-diverse [--episodes 50] [--seed 2001]
+    python benchmarks/learning/compass_baseline.py pointmaze-medium-diverse [--episodes 100] [--seed 2001]
+    python benchmarks/learning/compass_baseline.py pointmaze-medium-diverse --run-seed 3 --step 8000  # its final
 
 Each policy pushes with the same unit action, a = (cos θ, sin θ) for θ = 0°, 45°, ..., 315°, at every step of every
-evaluation episode (the same evaluate() and episodes as leq_state.py). On a maze whose walls funnel a constant push
+evaluation episode (leq_state.py's evaluate(); with --run-seed and --step, the episodes of that run's evaluation at
+that step, e.g. its final one). On a maze whose walls funnel a constant push
 into the goal, the best of them is the score a learned policy must beat before its success says anything about
 learning (README, Status).
 """
@@ -32,14 +34,19 @@ def compass_scores(env_id: str, episodes: int, seed: int, dataset_path: str | No
     return sorted(scores, key=lambda row: -row[1])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("env_id")
-    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=2001, help="the first episode's seed (evaluate() adds i)")
+    parser.add_argument("--run-seed", type=int, default=None, help="with --step: play that run's evaluation episodes")
+    parser.add_argument("--step", type=int, default=None, help="with --run-seed: the evaluation's step")
     parser.add_argument("--dataset-path", default=None)
-    cli = parser.parse_args()
-    scores = compass_scores(cli.env_id, cli.episodes, cli.seed, cli.dataset_path)
+    cli = parser.parse_args(argv)
+    if (cli.run_seed is None) != (cli.step is None):
+        parser.error("--run-seed and --step go together: they name one evaluation of one run")
+    seed = cli.seed if cli.run_seed is None else L.evaluation_seed(cli.run_seed, cli.step)
+    scores = compass_scores(cli.env_id, cli.episodes, seed, cli.dataset_path)
     print(f"{cli.env_id}, {cli.episodes} episodes: " + ", ".join(f"{angle}°: {score:.0f}%" for angle, score in scores))
 
 
