@@ -5,9 +5,8 @@
 
 Each policy pushes with the same unit action, a = (cos θ, sin θ) for θ = 0°, 45°, ..., 315°, at every step of every
 evaluation episode (leq_state.py's evaluate(); with --run-seed and --step, the episodes of that run's evaluation at
-that step, e.g. its final one). On a maze whose walls funnel a constant push
-into the goal, the best of them is the score a learned policy must beat before its success says anything about
-learning (README, Status).
+that step, e.g. its final one). On a maze whose walls funnel a constant push into the goal, the best of them is the
+score a learned policy must beat before its success says anything about learning (README, Status).
 """
 
 import argparse
