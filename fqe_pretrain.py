@@ -134,7 +134,9 @@ def sanity_check(task, data, actor, critic, args: Args, device) -> dict:
             env_start_values.append(policy_value(critic, actor, obs).cpu().numpy())
         return actor(obs).cpu().numpy()
 
-    stats = evaluate(task, data, policy, num_episodes=args.eval_episodes, seed=args.seed, gamma=args.gamma)
+    # step 0: the episodes are the run seed's own, independent of every other seed's
+    stats = evaluate(task, data, policy, num_episodes=args.eval_episodes, seed=evaluation_seed(args.seed, 0),
+                     gamma=args.gamma)
     # FQE values the task without a time limit; episodes stop after T steps, leaving out gamma^T V(s_T).
     largest_reward = np.abs(np.asarray(data.rewards) * data.reward_scale + data.reward_shift).max()
     tail = args.gamma ** task.max_episode_steps * largest_reward / (1 - args.gamma) if args.gamma < 1 else np.inf
@@ -1214,6 +1216,13 @@ def normalized_score(task: Task, episode_return: float, success: bool) -> float:
         return 100.0 * float(success)
     low, high = (NEORL_REF_RETURNS if task.family == "neorl" else D4RL_REF_RETURNS)[task.robot]
     return 100.0 * (episode_return - low) / (high - low)
+
+
+def evaluation_seed(run_seed: int, step: int) -> int:
+    """The seed of the first episode of a run's evaluation at `step` (evaluate() resets episode i with it + i).
+    Drawn from (run seed, step) so that runs of neighbouring seeds, and evaluations of one run, play independent
+    episodes; policies evaluated at the same (run seed, step) play the same ones."""
+    return int(np.random.SeedSequence([run_seed, step]).generate_state(1)[0])
 
 
 def evaluate(task: Task, data: OfflineData, policy, num_episodes: int, seed: int, gamma: float | None = None,

@@ -903,6 +903,13 @@ def soft_update_(slow: nn.Module, fast: nn.Module, rate: float) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # Evaluation: the V-D4RL protocol, episodes batched through the policy
 # ---------------------------------------------------------------------------------------------------------
+def evaluation_seed(run_seed: int, step: int) -> int:
+    """The seed of the first episode of a run's evaluation at `step` (evaluate() seeds episode i with it + i), drawn
+    from (run seed, step) so that runs of neighbouring seeds play independent episodes. 31 bits: dm_control's
+    RandomState needs every episode's seed below 2**32."""
+    return int(np.random.SeedSequence([run_seed, step]).generate_state(1)[0]) >> 1
+
+
 @torch.no_grad()
 def evaluate(wm: WorldModel, agent: Agent, args: Args, num_episodes: int, seed: int, device) -> dict:
     """Deterministic policy tanh(mean) filtered through the world model's posterior; score = return / 10."""
@@ -1081,7 +1088,7 @@ def main(args: Args) -> None:
     wm.requires_grad_(False)  # frozen: only the actor, critic and value train from here on
 
     def evaluate_and_log(step, policy="leq"):
-        result = evaluate(wm, agent, args, args.eval_episodes, args.seed + 10_000, device)
+        result = evaluate(wm, agent, args, args.eval_episodes, evaluation_seed(args.seed, step), device)
         log.write("eval", step, {"score": torch.tensor(result["mean"]), "score_std": torch.tensor(result["std"])})
         row = {"step": step, "policy": policy, "episodes": args.eval_episodes, "mean": result["mean"], "std": result["std"]}
         history.append(row)

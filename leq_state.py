@@ -437,13 +437,6 @@ def numpy_policy(actor, device):
     return act
 
 
-def evaluation_seed(run_seed: int, step: int) -> int:
-    """The seed of the first episode of the evaluation at `step` (evaluate() resets episode i with it + i). Drawn
-    from (run seed, step) so that runs of neighbouring seeds, and evaluations of one run, play independent
-    episodes; the LEQ and BC policies of one step play the same ones."""
-    return int(np.random.SeedSequence([run_seed, step]).generate_state(1)[0])
-
-
 def save_leq_checkpoint(path, step: int, run_name: str, fingerprint: str, args, modules: dict, buffer, history) -> None:
     """Everything a resumed run needs to continue bit-exactly on the CPU: parameters, optimiser states, the
     expansion buffer, the step, the RNG states and the evaluation history (written atomically)."""
@@ -2014,6 +2007,13 @@ def normalized_score(task: Task, episode_return: float, success: bool) -> float:
         return 100.0 * float(success)
     low, high = (NEORL_REF_RETURNS if task.family == "neorl" else D4RL_REF_RETURNS)[task.robot]
     return 100.0 * (episode_return - low) / (high - low)
+
+
+def evaluation_seed(run_seed: int, step: int) -> int:
+    """The seed of the first episode of a run's evaluation at `step` (evaluate() resets episode i with it + i).
+    Drawn from (run seed, step) so that runs of neighbouring seeds, and evaluations of one run, play independent
+    episodes; policies evaluated at the same (run seed, step) play the same ones."""
+    return int(np.random.SeedSequence([run_seed, step]).generate_state(1)[0])
 
 
 def evaluate(task: Task, data: OfflineData, policy, num_episodes: int, seed: int, gamma: float | None = None,

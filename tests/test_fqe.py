@@ -275,6 +275,28 @@ def test_bad_arguments_are_refused_with_the_flag_name(field, value):
         F.main(args)
 
 
+def test_bc_evaluation_plays_the_run_seeds_own_episodes(monkeypatch):
+    """The sanity check's evaluation resets its episodes from evaluation_seed(seed, 0), so runs of neighbouring
+    seeds play independent episodes (seed + i shared all but one)."""
+    seeds = []
+
+    def fake_evaluate(task, data, policy, num_episodes, seed, gamma=None):
+        seeds.append(seed)
+        policy(np.zeros((num_episodes, 4), np.float32))
+        return {"discounted_returns": np.zeros(num_episodes), "mean": 0.0, "std": 0.0}
+
+    monkeypatch.setattr(F, "evaluate", fake_evaluate)
+    task = F.get_task("pointmaze-umaze-diverse")
+    data = SimpleNamespace(observations=np.zeros((6, 4), np.float32), episode_ends=np.array([0, 0, 1, 0, 0, 1]),
+                           rewards=np.zeros(6), reward_scale=1.0, reward_shift=0.0)
+    actor = F.Actor(torch.zeros(4), torch.ones(4), 2, hidden_dim=8, num_layers=2)
+    critic = F.Critic(torch.zeros(6), torch.ones(6), hidden_dim=8, num_layers=2)
+    for seed in (4, 5):
+        F.sanity_check(task, data, actor, critic, F.Args(seed=seed, eval_episodes=3), "cpu")
+    assert seeds == [F.evaluation_seed(4, 0), F.evaluation_seed(5, 0)]
+    assert abs(seeds[0] - seeds[1]) >= 3
+
+
 @pytest.fixture(scope="module")
 def tiny_pointmaze(tmp_path_factory):
     """3000 transitions of generated pointmaze-umaze-diverse data in a private Minari root."""

@@ -276,6 +276,14 @@ def test_bf16_and_cudagraphs_need_cuda(tmp_path):
             lp.check_args(tiny_args(tmp_path, **{flag: True}))
 
 
+def test_evaluations_of_neighbouring_seeds_play_disjoint_episodes():
+    """Episode i of an evaluation is seeded with evaluation_seed(run seed, step) + i: seeds 1-20 at steps 0-20k
+    never share one of 100 episodes (seed + 10_000 + i shared 9 of 10), and every seed fits dm_control's 32 bits."""
+    firsts = sorted(lp.evaluation_seed(seed, step) for seed in range(1, 21) for step in range(0, 20_001, 1000))
+    assert all(b - a >= 100 for a, b in zip(firsts, firsts[1:]))
+    assert 0 <= firsts[0] and firsts[-1] + 100 < 2**32
+
+
 def test_smoke_pipeline_collect_pretrain_behaviour_eval_resume(tmp_path, monkeypatch):
     """Collect a dm_control dataset, pretrain the world model, learn behaviour, evaluate one full
     500-step episode; then resume the run and continue the behaviour phase."""
