@@ -113,7 +113,7 @@ class Args:
     rule applied to the imagined next state (1 inside the relabelling disc, 0 outside; README Status)"""
     actor_scaler: Literal["fixed", "trainable"] = "fixed"
     """the actor's input mean/std: fixed dataset statistics, or parameters trained by BC and LEQ as in the
-    authors' code (not yet compared with fixed: README Status)"""
+    authors' code (on the learning check it changed no evaluation: README Status)"""
     routing: Literal["exact", "balanced"] = "exact"
     """world-model elite choice: exact iid per sample (OfflineRL-Kit), or balanced shares (faster)"""
 
