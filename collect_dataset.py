@@ -230,6 +230,7 @@ class Task:
     goal_radius: float | None = None  # default radius of the goal region (relabelling and termination)
     default_dataset: str | None = None  # Minari id read when no dataset path is given
     generated: bool = False  # default dataset is made by this project (collect_dataset.py) when missing
+    goal_cell: tuple | None = None  # pointmaze: a goal cell (row, column) that replaces the maze's (--goal-cell)
 
 
 def _build_registry() -> dict:
@@ -629,7 +630,8 @@ def maze_start_goal_cells(task: Task, dataset_id: str | None = None) -> tuple:
     """(start, goal) cells of the eval task, in the row order of the maze the data was collected in."""
     if task.family == "antmaze" and task.maze == "umaze" and dataset_id and dataset_id.startswith("D4RL/antmaze"):
         return MINARI_ANTMAZE_UMAZE_START_GOAL
-    return MAZE_START_GOAL_CELLS[task.maze]
+    start, goal = MAZE_START_GOAL_CELLS[task.maze]
+    return start, task.goal_cell or goal
 
 
 def cell_centre(task: Task, cell) -> np.ndarray:

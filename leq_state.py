@@ -108,6 +108,10 @@ class Args:
     relabel_radius: float | None = None
     """maze goal radius that relabels Minari and generated maze data's rewards, and the termination's default
     (None = the task's: antmaze 0.5, pointmaze 0.45, the environments' success radii); D4RL hdf5 files keep theirs"""
+    goal_cell: tuple[int, int] | None = None
+    """pointmaze: evaluate on, and relabel the data's rewards against, this free cell (row column, rows counted from
+    the top) instead of the task's goal cell; e.g. 1 6 on the medium maze, which no constant action reaches (README
+    Status)"""
     imagined_reward: Literal["model", "goal"] = "model"
     """where imagined steps take their reward: the world model's reward head (paper), or, on mazes, the data's own
     rule applied to the imagined next state (1 inside the relabelling disc, 0 outside; README Status)"""
@@ -737,16 +741,36 @@ def check_args(args: Args) -> torch.device:
         refuse([f"--relabel-radius relabels Minari or generated maze data; {args.env_id} with "
                 f"{args.dataset_path or 'its default data'} keeps the rewards it has. Drop the flag (use "
                 f"--goal-radius for the termination alone)."])
+    if args.goal_cell is not None:
+        refuse(goal_cell_problems(task, kind, tuple(args.goal_cell)))
     if args.imagined_reward == "goal" and task.maze is None:
         refuse([f"--imagined-reward goal computes a maze's goal reward; {args.env_id} is not a maze task. Drop the "
                 f"flag (its rewards come from the world model)."])
     return device
 
 
+def goal_cell_problems(task: "Task", data_kind: str, cell: tuple) -> list[str]:
+    """Why --goal-cell cannot apply: not a pointmaze task on relabelled data, or not a free cell other than the start."""
+    if task.family != "pointmaze" or data_kind not in ("minari", "generate"):
+        return [f"--goal-cell moves the goal of a pointmaze task on generated or Minari data; {task.env_id} with "
+                f"that data keeps its goal. Drop the flag."]
+    layout = MAZE_LAYOUTS[task.maze]
+    row, col = cell
+    free = [(r, c) for r, cells in enumerate(layout) for c, wall in enumerate(cells) if not wall]
+    start = MAZE_START_GOAL_CELLS[task.maze][0]
+    if (row, col) not in free or (row, col) == start:
+        return [f"--goal-cell {row} {col} is {'the start cell' if (row, col) == start else 'not a free cell'} of the "
+                f"{task.maze} maze; free cells (row column): {' '.join(f'{r},{c}' for r, c in free if (r, c) != start)}"]
+    return []
+
+
 def task_of(args: Args) -> "Task":
-    """The task, its goal radius (data relabelling and termination) set by --relabel-radius if given."""
+    """The task, with its goal radius (data relabelling and termination) set by --relabel-radius and its goal cell
+    by --goal-cell if given."""
     task = get_task(args.env_id)
-    return task if args.relabel_radius is None else replace(task, goal_radius=args.relabel_radius)
+    if args.relabel_radius is not None:
+        task = replace(task, goal_radius=args.relabel_radius)
+    return task if args.goal_cell is None else replace(task, goal_cell=tuple(args.goal_cell))
 
 
 # ---- termination functions (leq-spec §6) ------------------------------------------------------------------------
@@ -1515,6 +1539,7 @@ class Task:
     goal_radius: float | None = None  # default radius of the goal region (relabelling and termination)
     default_dataset: str | None = None  # Minari id read when no dataset path is given
     generated: bool = False  # default dataset is made by this project (collect_dataset.py) when missing
+    goal_cell: tuple | None = None  # pointmaze: a goal cell (row, column) that replaces the maze's (--goal-cell)
 
 
 def _build_registry() -> dict:
@@ -1914,7 +1939,8 @@ def maze_start_goal_cells(task: Task, dataset_id: str | None = None) -> tuple:
     """(start, goal) cells of the eval task, in the row order of the maze the data was collected in."""
     if task.family == "antmaze" and task.maze == "umaze" and dataset_id and dataset_id.startswith("D4RL/antmaze"):
         return MINARI_ANTMAZE_UMAZE_START_GOAL
-    return MAZE_START_GOAL_CELLS[task.maze]
+    start, goal = MAZE_START_GOAL_CELLS[task.maze]
+    return start, task.goal_cell or goal
 
 
 def cell_centre(task: Task, cell) -> np.ndarray:

@@ -276,12 +276,39 @@ def test_compass_baseline_scores_the_eight_constant_pushes(workdir):
         compass_baseline.compass_scores("hopper-random", episodes=1, seed=0)
 
 
+def test_goal_cell_moves_the_relabelled_rewards_the_termination_and_the_evaluation(workdir):
+    """--goal-cell 1 2 on the U-maze: rewards, termination and the environment's goal all sit in cell (1, 2); wall
+    cells, the start cell and other tasks are refused with the free cells named."""
+    args = tiny_args(goal_cell=(1, 2))
+    leq_state.check_args(args)
+    task = leq_state.task_of(args)
+    centre = leq_state.cell_centre(task, (1, 2))
+    data = leq_state.load_dataset(task)
+    distance = np.linalg.norm(data.next_observations[:, :2] - centre, axis=-1)
+    np.testing.assert_array_equal(data.rewards, (distance <= task.goal_radius).astype(np.float32))
+    assert data.rewards.sum() > 0 and data.fingerprint != leq_state.load_dataset(leq_state.get_task(args.env_id)).fingerprint
+    next_obs = torch.zeros(2, 4)
+    next_obs[0, :2] = torch.as_tensor(centre)
+    assert leq_state.make_termination_fn(task, data)(None, None, next_obs).tolist() == [True, False]
+    env = leq_state.make_eval_env(task, data, None)
+    env.reset(seed=3)
+    assert np.abs(env.env.unwrapped.goal - centre).max() <= 0.25 + 1e-9  # drawn within 0.25 per axis of the centre
+    with pytest.raises(SystemExit, match=r"--goal-cell 0 0 is not a free cell of the umaze maze; free cells.*1,2"):
+        leq_state.check_args(tiny_args(goal_cell=(0, 0)))
+    with pytest.raises(SystemExit, match="is the start cell"):
+        leq_state.check_args(tiny_args(goal_cell=(1, 1)))
+    with pytest.raises(SystemExit, match="--goal-cell moves the goal of a pointmaze task"):
+        leq_state.check_args(leq_state.Args(env_id="hopper-random", device="cpu", goal_cell=(1, 2)))
+    scores = compass_baseline.compass_scores("pointmaze-umaze-diverse", episodes=2, seed=7, goal_cell=(1, 2))
+    assert dict(scores)[0] == 100.0  # the goal cell next to the start, east of it: the constant push east reaches it
+
+
 def test_compass_baseline_plays_the_episodes_of_a_runs_evaluation(workdir, monkeypatch, capsys):
     """--run-seed S --step T plays the episodes leq_state.py's evaluation of seed S at step T played; one of the
     two alone is refused."""
     seeds = []
     monkeypatch.setattr(compass_baseline, "compass_scores",
-                        lambda env_id, episodes, seed, path: seeds.append(seed) or [])
+                        lambda env_id, episodes, seed, path, goal_cell: seeds.append(seed) or [])
     compass_baseline.main(["pointmaze-umaze-diverse", "--run-seed", "3", "--step", "8000"])
     assert seeds == [leq_state.evaluation_seed(3, 8000)]
     with pytest.raises(SystemExit):
