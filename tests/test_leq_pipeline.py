@@ -16,6 +16,7 @@ import leq_state
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks" / "learning"))
 import compass_baseline  # noqa: E402
+import oracle_walls  # noqa: E402
 import probe_trap  # noqa: E402
 import reward_fit  # noqa: E402
 import start_gradient  # noqa: E402
@@ -391,3 +392,43 @@ def test_wall_leak_finds_every_face_and_corner_and_projects_each_elites_motion(w
         wall_leak.wall_leak(tiny_args(seed=98))
     with pytest.raises(SystemExit, match="use a pointmaze-\\* task"):
         wall_leak.wall_leak(leq_state.Args(env_id="antmaze-umaze-diverse"))
+
+
+def test_oracle_walls_stops_the_ball_at_faces_and_convex_corners_and_only_there(workdir):
+    """benchmarks/learning/oracle_walls.py on the U-maze: a step into a wall face ends on the face with that
+    velocity zeroed and no gradient through it; a step that cuts a convex corner is pushed out along the
+    shallower axis; steps in free space or into a free neighbour are untouched; the real environment's own
+    transitions move by less than 0.05; and a tiny run goes through leq_state.main and leaves the patch off."""
+    task = leq_state.task_of(tiny_args())
+    project = oracle_walls.wall_projector(task)
+    inner = 0.5 - wall_leak.POINT_RADIUS
+    (x11, y11), (x13, y13) = leq_state.cell_centre(task, (1, 1)), leq_state.cell_centre(task, (1, 3))
+    obs = torch.tensor([[x11, y11, 0.0, 0.0], [x11, y11, 0.0, 0.0], [x11, y11, 0.0, 0.0], [x13, y13, 0.0, 0.0],
+                        [x13, y13, 0.0, 0.0]])
+    moves = torch.tensor([[0.1, 0.7, 0.3, 2.0],      # north into the wall cell (0, 1): y stops at the face
+                          [0.2, -0.1, 1.0, -1.0],    # inside cell (1, 1): free
+                          [0.8, 0.0, 3.0, 0.0],      # east into the free cell (1, 2)
+                          [-0.45, -0.5, -1.0, -2.0],  # south-west across the convex corner of wall cell (2, 2)
+                          [-0.5, -0.45, -2.0, -1.0]])
+    next_obs = (obs + moves).requires_grad_()
+    stopped = project(obs, next_obs)
+    expected = (obs + moves).detach().clone()
+    expected[0, 1], expected[0, 3] = y11 + inner, 0.0
+    expected[3, 0], expected[3, 2] = x13 - inner, 0.0  # deeper in y (0.1) than in x (0.05): x is pushed out
+    expected[4, 1], expected[4, 3] = y13 - inner, 0.0
+    assert torch.allclose(stopped, expected, atol=1e-6)
+    stopped[0, :2].sum().backward()
+    assert next_obs.grad[0].tolist() == [1.0, 0.0, 0.0, 0.0]  # pushing harder into the face moves nothing
+    data = leq_state.load_dataset(task, None)
+    real = torch.as_tensor(data.observations), torch.as_tensor(data.next_observations)
+    assert (project(*real) - real[1])[:, :2].abs().max() < 0.05
+    oracle_walls.main(["--env-id", "pointmaze-umaze-diverse", "--device", "cpu", "--no-compile", "--total-steps",
+                       "30", "--batch-size", "16", "--model-batch-size", "16", "--horizon", "3",
+                       "--expansion-interval", "25", "--expansion-size", "64", "--rollout-length", "2",
+                       "--eval-interval", "50", "--eval-episodes", "1", "--final-eval-episodes", "1",
+                       "--world-model-max-epochs", "1", "--bc-steps", "5", "--bc-batch-size", "32", "--fqe-steps",
+                       "5", "--fqe-batch-size", "32", "--exp-name", "walled"])
+    assert [p for p in os.listdir("runs") if "__oracle-walls-walled__" in p]
+    assert leq_state.make_model_transition.__module__ == "leq_state"
+    with pytest.raises(SystemExit, match="pointmaze layouts only"):
+        oracle_walls.main(["--env-id", "hopper-random"])
