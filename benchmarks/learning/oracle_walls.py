@@ -62,9 +62,12 @@ def wall_projector(task):
     x0, y0 = L.cell_centre(task, (0, 0))
 
     def project(obs, next_obs):
+        nonlocal boxes, diagonal_walls
+        if boxes.device != obs.device:  # moved once, not on every step
+            boxes, diagonal_walls = boxes.to(obs.device), diagonal_walls.to(obs.device)
         col = torch.floor((obs[:, 0].detach() - x0) / scale + 0.5).long().clamp(0, cols - 1)
         row = torch.floor((y0 - obs[:, 1].detach()) / scale + 0.5).long().clamp(0, rows - 1)
-        box, diagonal = boxes.to(obs.device)[row, col], diagonal_walls.to(obs.device)[row, col]
+        box, diagonal = boxes[row, col], diagonal_walls[row, col]
         centre_x, centre_y = x0 + col * scale, y0 - row * scale
         x = torch.minimum(torch.maximum(next_obs[:, 0], box[:, 0]), box[:, 1])
         y = torch.minimum(torch.maximum(next_obs[:, 1], box[:, 2]), box[:, 3])
